@@ -1,0 +1,111 @@
+"""Format conversions shared by stages and baselines: torch -> ONNX, anything -> OpenVINO model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .artifacts import Artifact, OnnxModel, OpenVinoModel, TorchModel
+from .errors import StageError
+from .models import ModelSpec
+
+
+def torch_to_onnx(module, spec: ModelSpec, path: Path, *, opset: int = 17) -> None:
+    """Export with a dynamic batch dimension; weights stay inside the one .onnx file."""
+    import warnings
+
+    import torch
+
+    example = tuple(torch.from_numpy(v) for v in spec.dummy().values())
+    names = [s.name for s in spec.inputs]
+    axes = {name: {0: "batch"} for name in names + spec.outputs}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(module, example, str(path), dynamo=False, opset_version=opset,
+                              input_names=names, output_names=list(spec.outputs), dynamic_axes=axes,
+                              do_constant_folding=True)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StageError(f"ONNX export failed: {first[:400]}",
+                             hint="Try another opset, or simplify the model's Python control flow.") from None
+
+
+def to_openvino(artifact: Artifact, spec: ModelSpec):
+    """An ov.Model with the recipe's input/output names and a dynamic batch dimension."""
+    import openvino as ov
+
+    if isinstance(artifact, OpenVinoModel):
+        from .runtimes.openvino_runtime import core
+
+        return core().read_model(str(artifact.path))
+    try:
+        if isinstance(artifact, TorchModel):
+            import warnings
+
+            import torch
+
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+
+            example = tuple(torch.from_numpy(v) for v in spec.dummy().values())
+            shapes = [ov.PartialShape([-1, *s.shape[1:]]) for s in spec.inputs]
+            model = ov.convert_model(artifact.module, example_input=example if len(example) > 1 else example[0],
+                                     input=shapes)
+        elif isinstance(artifact, OnnxModel):
+            model = ov.convert_model(str(artifact.path))
+            model.reshape({port.any_name: ov.PartialShape([-1, *spec_shape[1:]])
+                           for port, spec_shape in zip(model.inputs, (s.shape for s in spec.inputs))})
+        else:
+            raise StageError(f"cannot convert {artifact.kind} to OpenVINO")
+    except StageError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StageError(f"OpenVINO conversion failed: {first[:400]}") from None
+    for port, s in zip(model.inputs, spec.inputs):
+        port.get_tensor().set_names({s.name})
+    for port, name in zip(model.outputs, spec.outputs):
+        port.get_tensor().set_names({name})
+    return model
+
+
+def save_openvino(model, path: Path, stamp: dict) -> OpenVinoModel:
+    """Serialize IR (weights kept at their precision) with the compress stamp in rt_info."""
+    import openvino as ov
+
+    model.set_rt_info(json.dumps(stamp, default=str), ["compress", "stamp"])
+    ov.save_model(model, str(path), compress_to_fp16=False)
+    return OpenVinoModel(path=path)
+
+
+def stamp_onnx(path: Path, stamp: dict) -> None:
+    """Write the compress stamp into the ONNX metadata_props (provenance travels with the file)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    meta["compress"] = json.dumps(stamp, default=str)
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
+
+
+def count_ops(artifact: Artifact, op_types: set[str]) -> int:
+    """How many ops of these types the artifact holds (FakeQuantize, QuantizeLinear, ...)."""
+    if isinstance(artifact, OpenVinoModel):
+        from .runtimes.openvino_runtime import core
+
+        return sum(op.get_type_name() in op_types for op in core().read_model(str(artifact.path)).get_ops())
+    if isinstance(artifact, OnnxModel):
+        import onnx
+
+        return sum(n.op_type in op_types for n in onnx.load(str(artifact.path), load_external_data=False).graph.node)
+    return 0
+
+
+def onnx_max_abs_diff(a: list[np.ndarray], b: list[np.ndarray]) -> tuple[float, float]:
+    diff = max(float(np.abs(x.astype(np.float64) - y.astype(np.float64)).max()) for x, y in zip(a, b))
+    scale = max(float(np.abs(y).max()) for y in b)
+    return diff, scale

@@ -1,0 +1,249 @@
+"""Calibration and eval data: .npz/.npy arrays or an image folder, streamed in batches.
+
+A dataset yields `(feeds, labels)` where `feeds` maps input names to arrays of the model's
+dtype and `labels` is an int64 array or None. Nothing holds more than one batch of decoded
+images at a time; `.npy` files are memory-mapped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..errors import DataError
+from ..models import ModelSpec, resolve_path
+from ..recipe import DataSource, Transform
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+Batch = tuple[dict[str, np.ndarray], np.ndarray | None]
+
+
+def _check_finite(feeds: dict[str, np.ndarray], where: str) -> None:
+    for name, array in feeds.items():
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise DataError(f"input '{name}' contains NaN or Inf values", where=where,
+                            hint="Clean the data: calibration and eval inputs must be finite.")
+
+
+def _normalize(x: np.ndarray, transform: Transform, dtype: str, where: str) -> np.ndarray:
+    """uint8 images -> [0, 1] floats -> (x - mean) / std per channel; other dtypes are cast as they are."""
+    if np.dtype(dtype).kind != "f":
+        return x.astype(dtype, copy=False)
+    x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
+    if transform.mean is not None:
+        channels = x.shape[1] if x.ndim >= 2 else 1
+        if len(transform.mean) not in (1, channels):
+            raise DataError(f"transform.mean has {len(transform.mean)} values but the input has {channels} channels",
+                            where=where)
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        x = (x - np.asarray(transform.mean, np.float32).reshape(shape)) / np.asarray(transform.std, np.float32).reshape(shape)
+    return x.astype(dtype, copy=False)
+
+
+@dataclass
+class Dataset:
+    where: str                      # YAML path, for messages
+    spec: ModelSpec
+    transform: Transform
+    indices: np.ndarray             # which samples, in order
+    has_labels: bool
+    total: int                      # samples available before `samples:`
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def batches(self, batch_size: int) -> Iterator[Batch]:
+        for start in range(0, len(self.indices), batch_size):
+            index = self.indices[start:start + batch_size]
+            feeds, labels = self._read(index)
+            _check_finite(feeds, self.where)
+            yield feeds, labels
+
+    def samples(self) -> Iterator[dict[str, np.ndarray]]:
+        """One sample at a time, batch dimension kept (for calibrators that count samples)."""
+        for feeds, _ in self.batches(1):
+            yield feeds
+
+    def _read(self, index: np.ndarray) -> Batch:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclass
+class ArrayDataset(Dataset):
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    labels: np.ndarray | None = None
+
+    def _read(self, index):
+        order = np.argsort(index)  # memory-mapped arrays read faster in order
+        sorted_index = index[order]
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        feeds = {}
+        for spec in self.spec.inputs:
+            raw = np.asarray(self.arrays[spec.name][sorted_index])[inverse]
+            feeds[spec.name] = _normalize(raw, self.transform, spec.dtype, self.where)
+        labels = None if self.labels is None else np.asarray(self.labels[sorted_index])[inverse].astype(np.int64)
+        return feeds, labels
+
+
+@dataclass
+class ImageFolderDataset(Dataset):
+    files: list[Path] = field(default_factory=list)
+    file_labels: np.ndarray | None = None
+
+    def _load_image(self, path: Path) -> np.ndarray:
+        from PIL import Image, UnidentifiedImageError
+
+        spec = self.spec.inputs[0]
+        channels, height, width = spec.shape[1], spec.shape[2], spec.shape[3]
+        try:
+            with Image.open(path) as img:
+                img = img.convert("L" if channels == 1 else "RGB")
+                t = self.transform
+                if t.resize is None and t.center_crop is None:
+                    img = img.resize((width, height), Image.BILINEAR)
+                if t.resize is not None:
+                    w, h = img.size
+                    scale = t.resize / min(w, h)
+                    img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+                if t.center_crop is not None:
+                    w, h = img.size
+                    c = t.center_crop
+                    if c > w or c > h:
+                        raise DataError(f"transform.center_crop {c} is larger than image {path.name} ({w}x{h} after resize)",
+                                        where=self.where)
+                    left, top = (w - c) // 2, (h - c) // 2
+                    img = img.crop((left, top, left + c, top + c))
+                array = np.asarray(img, dtype=np.uint8)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(f"cannot read image {path}: {exc}", where=self.where) from None
+        array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+        if array.shape != (channels, height, width):
+            raise DataError(f"image {path.name} becomes {list(array.shape)} after the transform, "
+                            f"but the model input is {[channels, height, width]}", where=self.where,
+                            hint="Set data.transform resize/center_crop to give the model's input size.")
+        return array
+
+    def _read(self, index):
+        batch = np.stack([self._load_image(self.files[i]) for i in index])
+        feeds = {self.spec.inputs[0].name: _normalize(batch, self.transform, self.spec.inputs[0].dtype, self.where)}
+        labels = None if self.file_labels is None else self.file_labels[index]
+        return feeds, labels
+
+
+def _select(total: int, samples: int | None, seed: int) -> tuple[np.ndarray, list[str]]:
+    notes = []
+    if samples is None or samples >= total:
+        if samples is not None and samples > total:
+            notes.append(f"asked for {samples} samples, the data has {total}: all are used")
+        return np.arange(total), notes
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.permutation(total)[:samples]), notes
+
+
+def _check_sample_shapes(arrays: dict[str, np.ndarray], spec: ModelSpec, where: str) -> int:
+    lengths = set()
+    for s in spec.inputs:
+        array = arrays[s.name]
+        if array.ndim != len(s.shape) or list(array.shape[1:]) != list(s.shape[1:]):
+            raise DataError(f"samples of '{s.name}' have shape {list(array.shape[1:])} but the model input is "
+                            f"{list(s.shape[1:])} (after the batch dimension)", where=where)
+        if np.dtype(s.dtype).kind != "f" and array.dtype.kind == "f":
+            raise DataError(f"input '{s.name}' is {s.dtype} in the recipe but the data holds {array.dtype}", where=where)
+        lengths.add(array.shape[0])
+    if len(lengths) != 1:
+        raise DataError(f"the input arrays have different sample counts {sorted(lengths)}", where=where)
+    return lengths.pop()
+
+
+def _check_labels(labels: np.ndarray, count: int, where: str) -> np.ndarray:
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise DataError(f"labels must be a 1-D integer array, got {labels.dtype} with shape {list(labels.shape)}",
+                        where=where)
+    if len(labels) != count:
+        raise DataError(f"{len(labels)} labels for {count} samples", where=where)
+    if count and labels.min() < 0:
+        raise DataError(f"labels must be >= 0, found {int(labels.min())}", where=where)
+    return labels
+
+
+def _open_arrays(path: Path, src: DataSource, spec: ModelSpec, base_dir: Path, where: str):
+    try:
+        if path.suffix == ".npz":
+            archive = np.load(path, allow_pickle=False)
+            keys = list(archive.files)
+        else:
+            archive = None
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"cannot read {path}: {exc}", where=where) from None
+    arrays: dict[str, np.ndarray] = {}
+    labels = None
+    if archive is not None:
+        if src.labels is not None:
+            raise DataError("'labels' applies to .npy inputs; an .npz carries its labels as array 'y'", where=where)
+        for s in spec.inputs:
+            key = s.name if s.name in keys else next((k for k in ("x", "inputs") if k in keys and len(spec.inputs) == 1), None)
+            if key is None:
+                raise DataError(f"{path.name} has no array for input '{s.name}' (arrays: {keys})", where=where,
+                                hint="Name the array after the input, or 'x' for a single input.")
+            arrays[s.name] = archive[key]
+        label_key = next((k for k in ("y", "labels") if k in keys), None)
+        labels = archive[label_key] if label_key else None
+    else:
+        if len(spec.inputs) != 1:
+            raise DataError("a .npy file holds one array; use an .npz with one array per input name", where=where)
+        arrays[spec.inputs[0].name] = array
+        if src.labels is not None:
+            label_path = resolve_path(src.labels, base_dir)
+            try:
+                labels = np.load(label_path, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise DataError(f"cannot read labels {label_path}: {exc}", where=f"{where}.labels") from None
+    count = _check_sample_shapes(arrays, spec, where)
+    if labels is not None:
+        labels = _check_labels(np.asarray(labels), count, where)
+    return arrays, labels, count
+
+
+def _list_images(folder: Path, where: str) -> tuple[list[Path], np.ndarray | None, list[str]]:
+    subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if subdirs:
+        files, labels = [], []
+        for label, sub in enumerate(subdirs):
+            found = sorted(p for p in sub.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            files += found
+            labels += [label] * len(found)
+        return files, np.asarray(labels, np.int64), [d.name for d in subdirs]
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return files, None, []
+
+
+def open_dataset(src: DataSource, transform: Transform, spec: ModelSpec, *, base_dir: Path, seed: int,
+                 where: str) -> Dataset:
+    path = resolve_path(src.path, base_dir)
+    if not path.exists():
+        raise DataError(f"{path} does not exist", where=f"{where}.path", hint="Paths are relative to the recipe file.")
+    common = dict(where=where, spec=spec, transform=transform)
+    if path.is_dir():
+        if len(spec.inputs) != 1 or len(spec.inputs[0].shape) != 4 or spec.inputs[0].shape[1] not in (1, 3):
+            raise DataError("an image folder feeds one image input of shape [N, 1 or 3, H, W]", where=where)
+        files, labels, classes = _list_images(path, where)
+        if not files:
+            raise DataError(f"{path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})", where=f"{where}.path")
+        indices, notes = _select(len(files), src.samples, seed)
+        if classes:
+            notes.append(f"{len(classes)} classes from subfolders: {', '.join(classes[:10])}{' ...' if len(classes) > 10 else ''}")
+        return ImageFolderDataset(indices=indices, has_labels=labels is not None, total=len(files), notes=notes,
+                                  files=files, file_labels=labels, **common)
+    if path.suffix not in (".npz", ".npy"):
+        raise DataError(f"{path.name}: unsupported data file; use .npz, .npy or a folder of images", where=f"{where}.path")
+    arrays, labels, count = _open_arrays(path, src, spec, base_dir, where)
+    if count == 0:
+        raise DataError(f"{path} holds no samples", where=f"{where}.path")
+    indices, notes = _select(count, src.samples, seed)
+    return ArrayDataset(indices=indices, has_labels=labels is not None, total=count, notes=notes,
+                        arrays=arrays, labels=labels, **common)

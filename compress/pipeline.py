@@ -1,0 +1,375 @@
+"""Runs a recipe: plan (static checks) -> baseline -> stages, each validated -> gates -> report."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from . import report as report_mod
+from .artifacts import Artifact, OnnxModel, OpenVinoModel, TorchModel
+from .convert import save_openvino, to_openvino, torch_to_onnx
+from .data import Dataset, open_dataset
+from .errors import CompressError, InputError, StageError
+from .fsutil import atomic_dir, atomic_write_json, atomic_write_text
+from .models import ModelSpec, load_model
+from .recipe import CompileConfig, Recipe
+from .runtimes import open_session
+from .stages import StageContext, handler_for, output_type
+from .targets import Target, resolve_target
+from .validate import EvalResult, evaluate, latency_feeds, machine_info, measure_latency, primary_metric
+
+SCHEMA_VERSION = 1
+LIBRARIES = ("compress", "torch", "torchvision", "onnx", "onnxruntime", "openvino", "nncf", "numpy",
+             "torchao", "torch-pruning", "pydantic")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+# ---------------------------------------------------------------- plan: checks that cost milliseconds
+@dataclass
+class PlannedStage:
+    index: int
+    name: str
+    config: object
+    input_type: type
+    output_type: type
+    target: Target | None
+    where: str
+
+
+@dataclass
+class Plan:
+    recipe: Recipe
+    base_dir: Path
+    stages: list[PlannedStage]
+    threads: int
+    batch: int
+
+    def describe(self) -> list[dict]:
+        return [{"stage": s.name, "type": s.config.type, "takes": s.input_type.kind, "gives": s.output_type.kind,
+                 "target": s.target.name if s.target else None} for s in self.stages]
+
+
+def plan(recipe: Recipe, base_dir: Path, *, in_memory_model: bool = False) -> Plan:
+    current: type = OnnxModel if recipe.model.source == "onnx" and not in_memory_model else TorchModel
+    planned, counts, last_target = [], {}, None
+    for i, cfg in enumerate(recipe.stages):
+        where = f"stages[{i}]"
+        target = None
+        if isinstance(cfg, CompileConfig):
+            target = resolve_target(cfg.target, base_dir=base_dir, where=f"{where}.target")
+            missing = target.missing_requirements()
+            if missing:
+                raise InputError(f"target {target.name} needs {', '.join(missing)}", where=f"{where}.target",
+                                 hint="Install the project with `make install`.")
+            last_target = target
+        out = output_type(cfg, current, target, where)
+        counts[cfg.type] = counts.get(cfg.type, 0) + 1
+        name = cfg.name or (cfg.type if sum(s.type == cfg.type for s in recipe.stages) == 1
+                            else f"{cfg.type}{counts[cfg.type]}")
+        planned.append(PlannedStage(i, name, cfg, current, out, target, where))
+        current = out
+    threads = recipe.latency.threads or (last_target.threads if last_target else 2)
+    batch = recipe.latency.batch or (last_target.batch if last_target else 1)
+    return Plan(recipe, base_dir, planned, threads, batch)
+
+
+# ---------------------------------------------------------------- run
+class Reporter:
+    """Progress sink; the CLI passes a rich one, the API a silent one."""
+
+    def step(self, text: str) -> None: ...
+    def log(self, text: str) -> None: ...
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    report: dict
+    passed: bool
+    gates: list[dict] = field(default_factory=list)
+
+    @property
+    def stages(self) -> list[dict]:
+        return self.report["stages"]
+
+
+def _artifact_info(artifact: Artifact, run_dir: Path) -> dict:
+    return {
+        "type": artifact.kind, "runtime": artifact.runtime, "precision": artifact.precision,
+        "path": str(artifact.path.relative_to(run_dir)) if artifact.path and artifact.path.is_relative_to(run_dir)
+        else (str(artifact.path) if artifact.path else None),
+        "files": [str(p.name) for p in artifact.files()],
+        "size_mb": round(artifact.size_bytes() / 1e6, 4) if artifact.path else None,
+        "sha256": artifact.sha256(),
+    }
+
+
+def _param_count(artifact: Artifact) -> int | None:
+    """Parameters of a torch module, or float initializer elements of an FP32 .onnx file."""
+    if isinstance(artifact, TorchModel):
+        return int(sum(p.numel() for p in artifact.module.parameters()))
+    if isinstance(artifact, OnnxModel) and artifact.precision == "fp32":
+        import numpy as np
+        import onnx
+
+        proto = onnx.load(str(artifact.path), load_external_data=False)
+        return int(sum(int(np.prod(t.dims)) for t in proto.graph.initializer
+                       if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) > 0))
+    return None
+
+
+class _Runner:
+    def __init__(self, the_plan: Plan, out_dir: Path, *, model=None, reporter: Reporter | None = None):
+        self.plan = the_plan
+        self.recipe = the_plan.recipe
+        self.out_dir = out_dir
+        self.user_model = model
+        self.reporter = reporter or Reporter()
+        self.baselines: dict[str, dict] = {}
+        self.baseline_artifacts: dict[str, Artifact] = {}
+        self.reference_outputs = None
+        self.params = None   # of the latest model in the chain that has countable parameters
+
+    # -- helpers
+    def _validate(self, artifact: Artifact, label: str, *, collect: bool = False,
+                  inference_precision: str | None = None) -> tuple[dict, EvalResult]:
+        threads, batch = self.plan.threads, self.plan.batch
+        session = open_session(artifact, threads=threads, inference_precision=inference_precision)
+        self.reporter.log(f"{label}: evaluating on {len(self.eval)} samples ({session.runtime})")
+        result = evaluate(session, self.eval, batch_size=self.recipe.data.batch_size, output_names=self.spec.outputs,
+                          reference=self.reference_outputs, collect=collect)
+        latency_session = open_session(artifact, threads=threads, static_batch=batch,
+                                       inference_precision=inference_precision)
+        self.reporter.log(f"{label}: timing batch {batch}, {threads} threads")
+        latency = measure_latency(latency_session, latency_feeds(self.eval, batch),
+                                  warmup=self.recipe.latency.warmup, runs=self.recipe.latency.runs)
+        record = {
+            "runtime": session.runtime, "settings": latency_session.settings,
+            "artifact": _artifact_info(artifact, self.run_dir) if artifact.path else
+            {"type": artifact.kind, "runtime": artifact.runtime, "precision": artifact.precision, "path": None,
+             "size_mb": None, "sha256": None},
+            "params": _param_count(artifact) if isinstance(artifact, TorchModel) else self.params,
+            "metrics": result.metrics, "agreement": result.agreement, "samples": result.samples,
+            "latency": latency,
+        }
+        return record, result
+
+    def _baseline(self, runtime: str) -> dict:
+        """FP32 on `runtime`, from the reference model; built on first need."""
+        if runtime in self.baselines:
+            return self.baselines[runtime]
+        ref = self.reference
+        folder = self.run_dir / "baselines"
+        folder.mkdir(exist_ok=True)
+        self.reporter.step(f"FP32 baseline on {runtime}")
+        if runtime == ref.runtime:
+            artifact = ref
+        elif runtime == "onnxruntime":
+            with atomic_dir(folder / "onnxruntime") as tmp:
+                torch_to_onnx(ref.module, self.spec, tmp / "fp32.onnx")
+            artifact = OnnxModel(path=folder / "onnxruntime" / "fp32.onnx")
+        elif runtime == "openvino":
+            with atomic_dir(folder / "openvino") as tmp:
+                save_openvino(to_openvino(ref, self.spec), tmp / "fp32.xml", {"baseline": "fp32"})
+            artifact = OpenVinoModel(path=folder / "openvino" / "fp32.xml", inference_precision="f32")
+        else:
+            raise StageError(f"no FP32 baseline for runtime {runtime}")
+        record, _ = self._validate(artifact, f"baseline {runtime}", inference_precision="f32"
+                                   if runtime == "openvino" else None)
+        record["name"] = f"fp32-{runtime}"
+        name, value = self._primary(record)
+        record["primary"] = {"name": name, "value": value}
+        self.baselines[runtime] = record
+        return record
+
+    def _primary(self, record: dict) -> tuple[str, float]:
+        return primary_metric(EvalResult(metrics=record["metrics"], agreement=record["agreement"]), self.spec.outputs)
+
+    def _status(self, stages_status: list[dict], status: str, **extra) -> None:
+        atomic_write_json(self.run_dir / "run.json", {
+            "schema_version": SCHEMA_VERSION, "status": status, "recipe": self.recipe.name,
+            "started": self.started, "updated": datetime.now().isoformat(timespec="seconds"),
+            "stages": stages_status, **extra})
+
+    # -- the run
+    def run(self) -> RunResult:
+        recipe, base = self.recipe, self.plan.base_dir
+        self.reference, self.spec = load_model(recipe.model, base, recipe.seed, module=self.user_model)
+        self.calibration = open_dataset(recipe.data.calibration, recipe.data.transform, self.spec, base_dir=base,
+                                        seed=recipe.seed, where="data.calibration")
+        data_notes = [f"calibration: {n}" for n in self.calibration.notes]
+        if recipe.data.eval is not None:
+            self.eval = open_dataset(recipe.data.eval, recipe.data.transform, self.spec, base_dir=base,
+                                     seed=recipe.seed, where="data.eval")
+            data_notes += [f"eval: {n}" for n in self.eval.notes]
+        else:
+            self.eval = self.calibration
+            data_notes.append("no eval set: metrics are measured on the calibration data")
+        # touch one batch of each before any folder exists: bad data fails here, cheaply
+        next(self.calibration.batches(1))
+        next(self.eval.batches(1))
+
+        self.machine = machine_info()
+        self.started = datetime.now().isoformat(timespec="seconds")
+        self.run_dir = self._make_run_dir()
+        atomic_write_text(self.run_dir / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+        stages_status = [{"name": s.name, "status": "pending"} for s in self.plan.stages]
+        self._status(stages_status, "running")
+        try:
+            report = self._run_stages(stages_status, data_notes)
+        except BaseException as exc:
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            for s in stages_status:
+                if s["status"] == "running":
+                    s["status"] = "failed"
+            message = exc.render() if isinstance(exc, CompressError) else f"{type(exc).__name__}: {exc}"
+            self._status(stages_status, status, error=message)
+            raise
+        self._status(stages_status, "done", passed=report["passed"])
+        return RunResult(self.run_dir, report, report["passed"], report["gates"])
+
+    def _make_run_dir(self) -> Path:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            for n in range(1000):
+                path = self.out_dir / (f"{self.recipe.name}-{stamp}" + (f"-{n}" if n else ""))
+                try:
+                    path.mkdir()
+                    return path
+                except FileExistsError:
+                    continue
+        except OSError as exc:
+            raise InputError(f"cannot create the run folder under {self.out_dir}: {exc.strerror or exc}",
+                             hint="Pass a writable folder with --out.") from None
+        raise InputError(f"cannot find a free run folder name under {self.out_dir}")
+
+    def _run_stages(self, stages_status: list[dict], data_notes: list[str]) -> dict:
+        recipe = self.recipe
+        versions = library_versions()
+        self.params = _param_count(self.reference)
+        self.reporter.step(f"FP32 reference on {self.reference.runtime}")
+        ref_record, ref_result = self._validate(self.reference, "reference", collect=True)
+        self.reference_outputs = ref_result.outputs
+        ref_record["name"] = f"fp32-{self.reference.runtime}"
+        ref_record["agreement"] = {}
+        name, value = primary_metric(ref_result, self.spec.outputs)
+        if name != "top1":
+            value = 100.0  # the reference agrees with itself
+        ref_record["primary"] = {"name": name, "value": value}
+        self.baselines[self.reference.runtime] = ref_record
+
+        artifact = self.reference
+        records = []
+        for planned, status in zip(self.plan.stages, stages_status):
+            status["status"] = "running"
+            self._status(stages_status, "running")
+            self.reporter.step(f"stage {planned.index + 1}/{len(self.plan.stages)}: {planned.name} ({planned.config.type})")
+            stage_dir = self.run_dir / "stages" / f"{planned.index + 1:02d}-{planned.name}"
+            stage_dir.parent.mkdir(exist_ok=True)
+            ctx = StageContext(recipe=recipe, base_dir=self.plan.base_dir, spec=self.spec,
+                               calibration=self.calibration, machine=self.machine, where=planned.where,
+                               target=planned.target, reference=self.reference, log=self.reporter.log)
+            ctx.details["stamp"] = {"recipe": recipe.name, "stage": planned.name, "config": planned.config.model_dump(mode="json"),
+                                    "versions": versions}
+            started = time.perf_counter()
+            with atomic_dir(stage_dir) as tmp:
+                ctx.out_dir = tmp
+                output = handler_for(planned.config).run(planned.config, artifact, ctx)
+                if not isinstance(output, planned.output_type):
+                    raise StageError(f"stage {planned.name} returned {output.kind}, expected {planned.output_type.kind}")
+            if output.path is not None and output.path.is_relative_to(tmp):
+                output.path = stage_dir / output.path.relative_to(tmp)
+            duration = time.perf_counter() - started
+            ctx.details.pop("stamp")
+            self.params = _param_count(output) or self.params
+
+            baseline = self._baseline(output.runtime)
+            self.reporter.step(f"validating {planned.name} on {output.runtime}")
+            record, _ = self._validate(output, planned.name,
+                                       inference_precision=getattr(output, "inference_precision", None))
+            pname, pvalue = self._primary(record)
+            ref_primary = ref_record["primary"]["value"]
+            record.update({
+                "name": planned.name, "type": planned.config.type, "where": planned.where,
+                "config": planned.config.model_dump(mode="json"), "details": ctx.details,
+                "duration_s": round(duration, 2), "notes": list(output.notes),
+                "primary": {"name": pname, "value": pvalue, "delta": pvalue - ref_primary},
+                "speedup": {
+                    "vs_fp32_same_runtime": baseline["latency"]["p50_ms"] / record["latency"]["p50_ms"],
+                    "vs_reference": ref_record["latency"]["p50_ms"] / record["latency"]["p50_ms"],
+                    "baseline": baseline["name"],
+                },
+            })
+            if output.precision == "int8" and record["speedup"]["vs_fp32_same_runtime"] <= 1.0:
+                record["notes"].append(
+                    f"INT8 artifact is not faster than FP32 on {output.runtime} "
+                    f"({record['latency']['p50_ms']:.3f} ms vs {baseline['latency']['p50_ms']:.3f} ms p50)")
+            records.append(record)
+            status["status"] = "done"
+            artifact = output
+
+        gates = evaluate_gates(recipe, records[-1], ref_record)
+        report = {
+            "schema_version": SCHEMA_VERSION, "name": recipe.name, "run_dir": str(self.run_dir),
+            "started": self.started, "finished": datetime.now().isoformat(timespec="seconds"),
+            "machine": self.machine, "versions": versions,
+            "settings": {"threads": self.plan.threads, "batch": self.plan.batch, "warmup": recipe.latency.warmup,
+                         "runs": recipe.latency.runs, "eval_batch_size": recipe.data.batch_size,
+                         "eval_samples": len(self.eval), "calibration_samples": len(self.calibration)},
+            "model": {"source": recipe.model.source, "inputs": [s.model_dump() for s in self.spec.inputs],
+                      "outputs": self.spec.outputs, "notes": list(self.reference.notes)},
+            "data_notes": data_notes,
+            "reference": ref_record,
+            "baselines": self.baselines,
+            "stages": records,
+            "gates": gates,
+            "passed": all(g["passed"] for g in gates),
+            "final_artifact": records[-1]["artifact"],
+            "recipe": recipe.model_dump(mode="json"),
+        }
+        report_mod.write(self.run_dir, report)
+        return report
+
+
+def evaluate_gates(recipe: Recipe, final: dict, reference: dict) -> list[dict]:
+    """Gates judge the last stage's artifact: what ships."""
+    g = recipe.gates
+    gates = []
+    if g.max_accuracy_drop is not None:
+        drop = reference["primary"]["value"] - final["primary"]["value"]
+        gates.append({"gate": "max_accuracy_drop", "threshold": g.max_accuracy_drop, "value": round(drop, 4),
+                      "passed": drop <= g.max_accuracy_drop,
+                      "detail": f"{final['primary']['name']} dropped {drop:.2f} points "
+                                f"({reference['primary']['value']:.2f} -> {final['primary']['value']:.2f}); "
+                                f"allowed {g.max_accuracy_drop}"})
+    if g.min_speedup is not None:
+        speedup = final["speedup"]["vs_fp32_same_runtime"]
+        gates.append({"gate": "min_speedup", "threshold": g.min_speedup, "value": round(speedup, 4),
+                      "passed": speedup >= g.min_speedup,
+                      "detail": f"{speedup:.2f}x vs {final['speedup']['baseline']} (p50); required {g.min_speedup}x"})
+    if g.max_size_mb is not None:
+        size = final["artifact"]["size_mb"]
+        gates.append({"gate": "max_size_mb", "threshold": g.max_size_mb, "value": size,
+                      "passed": size is not None and size <= g.max_size_mb,
+                      "detail": f"{size} MB; allowed {g.max_size_mb} MB"})
+    return gates
+
+
+def run(recipe: Recipe, *, base_dir: Path, out_dir: Path, model=None, reporter: Reporter | None = None) -> RunResult:
+    the_plan = plan(recipe, base_dir, in_memory_model=model is not None)
+    return _Runner(the_plan, out_dir, model=model, reporter=reporter).run()

@@ -1,0 +1,288 @@
+"""Pydantic models for the recipe YAML: the one place that knows the schema.
+
+Every model forbids unknown keys. `load_recipe` turns YAML and validation problems into one
+`RecipeError` that names the file, the YAML path (e.g. `stages[1].method`), its line and the fix.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import RecipeError
+
+MAX_SAMPLES = 10_000_000
+DTYPES = ("float32", "float16", "int64", "int32", "uint8", "bool")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------- model
+class InputSpec(Strict):
+    name: str = "input"
+    shape: list[Annotated[int, Field(ge=1, le=1_000_000)]] = Field(min_length=1, max_length=8)
+    dtype: Literal[DTYPES] = "float32"  # type: ignore[valid-type]
+
+
+class ModelConfig(Strict):
+    source: Literal["torchvision", "python", "onnx"]
+    name: str | None = Field(None, description="torchvision architecture, e.g. resnet18")
+    factory: str | None = Field(None, description="path/to/file.py:callable returning an nn.Module")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the factory")
+    weights: str | None = Field(None, description="state_dict checkpoint, loaded with weights_only=True")
+    path: str | None = Field(None, description=".onnx file (source: onnx)")
+    input: InputSpec | None = None
+    inputs: list[InputSpec] | None = Field(None, min_length=1)
+    outputs: list[str] | None = Field(None, min_length=1, description="output names, in model order")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelConfig":
+        need = {"torchvision": "name", "python": "factory", "onnx": "path"}[self.source]
+        if getattr(self, need) is None:
+            raise ValueError(f"source '{self.source}' needs '{need}'")
+        unused = {"torchvision": ("factory", "path"), "python": ("name", "path"),
+                  "onnx": ("name", "factory", "weights")}[self.source]
+        for key in unused:
+            if getattr(self, key) is not None:
+                raise ValueError(f"'{key}' does not apply to source '{self.source}'")
+        if self.source == "onnx" and self.kwargs:
+            raise ValueError("'kwargs' does not apply to source 'onnx'")
+        if self.factory is not None and ":" not in self.factory:
+            raise ValueError("factory must look like 'path/to/file.py:callable'")
+        if (self.input is None) == (self.inputs is None):
+            raise ValueError("give exactly one of 'input' (one tensor) or 'inputs' (a list)")
+        names = [spec.name for spec in self.input_specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"input names must be unique, got {names}")
+        batches = {spec.shape[0] for spec in self.input_specs}
+        if len(batches) != 1:
+            raise ValueError("all inputs must share the first (batch) dimension")
+        return self
+
+    @property
+    def input_specs(self) -> list[InputSpec]:
+        return [self.input] if self.input is not None else list(self.inputs or [])
+
+
+# ---------------------------------------------------------------- data
+class Transform(Strict):
+    resize: int | None = Field(None, ge=1, le=16384, description="resize the shorter side (image folders)")
+    center_crop: int | None = Field(None, ge=1, le=16384, description="square centre crop (image folders)")
+    mean: list[float] | None = Field(None, min_length=1)
+    std: list[float] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Transform":
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both 'mean' and 'std', or neither")
+        if self.std is not None:
+            if len(self.std) != len(self.mean or []):
+                raise ValueError("'mean' and 'std' need the same length (one per channel)")
+            if any(not math.isfinite(s) or s <= 0 for s in self.std):
+                raise ValueError("'std' values must be finite and > 0")
+        return self
+
+
+class DataSource(Strict):
+    path: str = Field(description=".npz, .npy, or a folder of images (one subfolder per class)")
+    labels: str | None = Field(None, description=".npy of integer labels (with a .npy input file)")
+    samples: int | None = Field(None, ge=1, le=MAX_SAMPLES, description="use at most this many samples")
+
+
+class DataConfig(Strict):
+    calibration: DataSource
+    eval: DataSource | None = None
+    transform: Transform = Field(default_factory=Transform)
+    batch_size: int = Field(32, ge=1, le=4096, description="batch size for calibration and evaluation")
+
+
+# ---------------------------------------------------------------- stages
+class StageBase(Strict):
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class QuantizeConfig(StageBase):
+    type: Literal["quantize"]
+    mode: Literal["static"] = "static"
+    backend: Literal["openvino", "onnxruntime"]
+    method: Literal["minmax", "percentile", "entropy"] | None = Field(
+        None, description="activation range estimation; default: the backend's own default"
+    )
+    samples: int | None = Field(None, ge=1, le=MAX_SAMPLES, description="calibration samples (default 300)")
+    preset: Literal["performance", "mixed"] = Field(
+        "performance", description="performance: symmetric activations; mixed: asymmetric activations"
+    )
+    scheme: Literal["auto", "u8s8", "u8s8_reduce_range", "s8s8"] = Field(
+        "auto", description="ONNX Runtime INT8 scheme; auto picks by measured agreement on this CPU"
+    )
+    per_channel: bool = True
+    ignore: list[str] = Field(default_factory=list, description="node names to keep in float")
+
+    @model_validator(mode="after")
+    def _check(self) -> "QuantizeConfig":
+        if self.backend == "openvino":
+            if self.method == "entropy":
+                raise ValueError("method 'entropy' is not offered by NNCF; use minmax or percentile")
+            if self.scheme != "auto":
+                raise ValueError("'scheme' applies to backend onnxruntime only")
+            if not self.per_channel:
+                raise ValueError("'per_channel: false' applies to backend onnxruntime only (NNCF is per-channel)")
+        if self.backend == "onnxruntime" and self.preset != "performance":
+            raise ValueError("'preset' applies to backend openvino only; use 'scheme' for onnxruntime")
+        return self
+
+
+class ExportConfig(StageBase):
+    type: Literal["export"]
+    format: Literal["onnx"] = "onnx"
+    opset: int = Field(17, ge=13, le=23)
+    parity_atol: float = Field(1e-3, gt=0, le=10, description="max |onnx - torch| allowed, relative to max |torch|")
+
+
+class CompileConfig(StageBase):
+    type: Literal["compile"]
+    target: str = Field(description="a name from `compress targets`, or a path to a target .yaml")
+    inference_precision: Literal["f32", "bf16"] | None = Field(
+        None, description="OpenVINO only: override the target's precision for non-INT8 layers"
+    )
+
+
+StageConfig = Annotated[Union[QuantizeConfig, ExportConfig, CompileConfig], Field(discriminator="type")]
+STAGE_TYPES = ("quantize", "export", "compile")
+
+
+# ---------------------------------------------------------------- gates, latency, recipe
+class Gates(Strict):
+    max_accuracy_drop: float | None = Field(None, ge=0, le=100, description="points of the primary metric")
+    min_speedup: float | None = Field(None, gt=0, le=10_000, description="vs FP32 on the same runtime")
+    max_size_mb: float | None = Field(None, gt=0)
+
+
+class LatencyConfig(Strict):
+    threads: int | None = Field(None, ge=1, le=512, description="default: the target's (or 2)")
+    batch: int | None = Field(None, ge=1, le=4096, description="default: the target's (or 1)")
+    warmup: int = Field(10, ge=0, le=100_000)
+    runs: int = Field(50, ge=1, le=1_000_000)
+
+
+class Recipe(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,80}$")
+    seed: int = 0
+    model: ModelConfig
+    data: DataConfig
+    stages: list[StageConfig] = Field(min_length=1)
+    gates: Gates = Field(default_factory=Gates)
+    latency: LatencyConfig = Field(default_factory=LatencyConfig)
+
+    @field_validator("stages")
+    @classmethod
+    def _unique_names(cls, stages: list) -> list:
+        seen: set[str] = set()
+        for stage in stages:
+            if stage.name is not None:
+                if stage.name in seen:
+                    raise ValueError(f"stage name '{stage.name}' is used twice")
+                seen.add(stage.name)
+        return stages
+
+
+# ---------------------------------------------------------------- loading with good errors
+def _format_loc(loc: tuple) -> tuple[str, list]:
+    """('stages', 1, 'quantize', 'method') -> ('stages[1].method', ['stages', 1, 'method'])."""
+    parts: list = []
+    text = ""
+    previous = None
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(item)
+            text += f"[{item}]"
+        elif previous is not None and isinstance(previous, int) and parts[:1] == ["stages"] \
+                and len(parts) == 2 and item in STAGE_TYPES:
+            pass  # the discriminator tag pydantic adds
+        elif item.startswith("function-") or item in ("literal[...]",):
+            pass
+        else:
+            parts.append(item)
+            text += f".{item}" if text else item
+        previous = item
+    return text or "(top level)", parts
+
+
+def _line_of(node: yaml.Node | None, parts: list) -> int | None:
+    """1-based line of the YAML node at `parts`, or of the deepest parent that exists."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in parts:
+        if isinstance(node, yaml.MappingNode) and isinstance(part, str):
+            match = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
+            if match is None:
+                key = next((k for k, v in node.value if getattr(k, "value", None) == part), None)
+                return key.start_mark.line + 1 if key is not None else line
+            node = match
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            return line
+        line = node.start_mark.line + 1
+    return line
+
+
+def _message(err: dict) -> str:
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "literal_error":
+        return f"got {err.get('input')!r}; allowed: {ctx.get('expected')}"
+    if kind == "union_tag_invalid":
+        return f"unknown stage type {ctx.get('tag')!r}; allowed: {ctx.get('expected_tags')}"
+    if kind == "union_tag_not_found":
+        return f"each stage needs a 'type'; allowed: {', '.join(STAGE_TYPES)}"
+    msg = err["msg"]
+    return msg.removeprefix("Value error, ")
+
+
+def _hint(err: dict, path: str) -> str | None:
+    if err["type"] == "extra_forbidden":
+        return "Remove it or check its spelling against the schema in README.md."
+    return None
+
+
+def parse_recipe(data: Any, *, source: str = "<recipe>", node: yaml.Node | None = None) -> Recipe:
+    if not isinstance(data, dict):
+        raise RecipeError("the recipe must be a YAML mapping (key: value) at the top level", where=source)
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        err = errors[0]
+        path, parts = _format_loc(tuple(err["loc"]))
+        line = _line_of(node, parts)
+        where = f"{source}:{line}" if line else source
+        more = f" ({len(errors) - 1} more problem(s) after this one)" if len(errors) > 1 else ""
+        raise RecipeError(f"{path}: {_message(err)}{more}", where=where, hint=_hint(err, path)) from None
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}", hint="Check the path, or start from recipes/quickstart.yaml.")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"cannot read the recipe: {exc}", where=str(path)) from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError(f"YAML syntax error: {problem}", where=where) from None
+    return parse_recipe(data, source=str(path), node=node)

@@ -1,0 +1,73 @@
+"""Stage registry: config class -> handler, filled by `@register`. A new stage is one config class
+in recipe.py and one decorated function here; the pipeline only looks up and calls."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..artifacts import Artifact
+from ..data import Dataset
+from ..errors import ChainError
+from ..models import ModelSpec
+from ..recipe import Recipe
+from ..targets import Target
+
+
+@dataclass
+class StageContext:
+    recipe: Recipe
+    base_dir: Path
+    spec: ModelSpec
+    calibration: Dataset
+    machine: dict
+    where: str                                   # YAML path of the stage, e.g. "stages[1]"
+    out_dir: Path | None = None                  # where the stage writes its artifact (a temp folder)
+    target: Target | None = None                 # for compile stages
+    reference: Artifact | None = None            # the FP32 model, for checks against it
+    log: Callable[[str], None] = lambda msg: None
+    details: dict = field(default_factory=dict)  # stage-specific facts for the report
+
+
+@dataclass(frozen=True)
+class Handler:
+    run: Callable[[object, Artifact, StageContext], Artifact]
+    accepts: Callable[[object, Target | None], dict[type, type]]   # input type -> output type
+
+
+HANDLERS: dict[type, Handler] = {}
+
+
+def register(config_cls: type, accepts: Callable[[object, Target | None], dict[type, type]]):
+    def wrap(fn):
+        HANDLERS[config_cls] = Handler(fn, accepts)
+        return fn
+    return wrap
+
+
+def handler_for(config) -> Handler:
+    from . import compile as _compile, export as _export, quantize as _quantize  # noqa: F401  (fill the registry)
+
+    try:
+        return HANDLERS[type(config)]
+    except KeyError:
+        known = ", ".join(sorted(c.__name__ for c in HANDLERS))
+        raise ChainError(f"no handler is registered for stage config {type(config).__name__} (registered: {known})") from None
+
+
+def output_type(config, input_type: type, target: Target | None, where: str) -> type:
+    table = handler_for(config).accepts(config, target)
+    if input_type not in table:
+        takes = " or ".join(sorted(t.kind for t in table))
+        hint = {"OnnxModel": "Add an `export` stage before it."}.get(next(iter(table)).kind if len(table) == 1 else "", None)
+        raise ChainError(f"a '{config.type}' stage{_detail(config, target)} takes {takes}, "
+                         f"but the previous step produces {input_type.kind}", where=where, hint=hint)
+    return table[input_type]
+
+
+def _detail(config, target: Target | None) -> str:
+    if getattr(config, "backend", None):
+        return f" with backend {config.backend}"
+    if target is not None:
+        return f" for target {target.name}"
+    return ""

@@ -1,0 +1,31 @@
+"""export: TorchModel -> OnnxModel, with an output parity check against torch on real data."""
+from __future__ import annotations
+
+from ..artifacts import OnnxModel, TorchModel
+from ..convert import onnx_max_abs_diff, stamp_onnx, torch_to_onnx
+from ..errors import StageError
+from ..models import torch_outputs
+from ..recipe import ExportConfig
+from ..runtimes import open_session
+from . import StageContext, register
+
+
+@register(ExportConfig, accepts=lambda cfg, target: {TorchModel: OnnxModel})
+def export(cfg: ExportConfig, artifact: TorchModel, ctx: StageContext) -> OnnxModel:
+    path = ctx.out_dir / "model.onnx"
+    ctx.log(f"exporting to ONNX (opset {cfg.opset})")
+    torch_to_onnx(artifact.module, ctx.spec, path, opset=cfg.opset)
+    stamp_onnx(path, ctx.details.get("stamp", {}))
+    onnx_model = OnnxModel(path=path, precision=artifact.precision)
+
+    feeds, _ = next(ctx.calibration.batches(min(ctx.recipe.data.batch_size, 16)))
+    expected, _ = torch_outputs(artifact.module, feeds)
+    got = open_session(onnx_model, threads=1).run(feeds)
+    diff, scale = onnx_max_abs_diff(got, expected)
+    allowed = cfg.parity_atol * max(1.0, scale)
+    ctx.details["parity"] = {"max_abs_diff": diff, "allowed": allowed, "samples": len(next(iter(feeds.values())))}
+    if not diff <= allowed:
+        raise StageError(f"ONNX outputs differ from torch by {diff:.3g} (allowed {allowed:.3g})",
+                         where=f"{ctx.where}.parity_atol",
+                         hint="The exporter changed the model's numerics; try another opset, or raise parity_atol if this is expected.")
+    return onnx_model

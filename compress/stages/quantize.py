@@ -1,0 +1,212 @@
+"""quantize (static PTQ): NNCF for OpenVINO, ORT quantize_static (QDQ) for ONNX Runtime."""
+from __future__ import annotations
+
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+
+from ..artifacts import OnnxModel, OpenVinoModel, TorchModel
+from ..convert import count_ops, save_openvino, stamp_onnx, to_openvino
+from ..errors import InputError, StageError
+from ..recipe import QuantizeConfig
+from ..runtimes import open_session
+from ..validate import Agreement
+from . import StageContext, register
+
+DEFAULT_SAMPLES = 300
+SELECTION_SAMPLES = 256
+
+
+def _accepts(cfg: QuantizeConfig, target) -> dict[type, type]:
+    if cfg.backend == "openvino":
+        return {TorchModel: OpenVinoModel, OnnxModel: OpenVinoModel, OpenVinoModel: OpenVinoModel}
+    return {OnnxModel: OnnxModel}
+
+
+def _samples(cfg: QuantizeConfig, ctx: StageContext) -> int:
+    return min(cfg.samples or DEFAULT_SAMPLES, len(ctx.calibration))
+
+
+class _CalibrationSamples:
+    """Re-iterable stream of single samples for NNCF (it may pass over the data more than once)."""
+
+    def __init__(self, ctx: StageContext, count: int):
+        self.ctx, self.count = ctx, count
+
+    def __iter__(self):
+        names = [s.name for s in self.ctx.spec.inputs]
+        for feeds in islice(self.ctx.calibration.samples(), self.count):
+            yield feeds[names[0]] if len(names) == 1 else [feeds[n] for n in names]
+
+    def __len__(self):
+        return self.count
+
+
+# ---------------------------------------------------------------- OpenVINO via NNCF
+def _quantize_nncf(cfg: QuantizeConfig, artifact, ctx: StageContext) -> OpenVinoModel:
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    if artifact.precision != "fp32":
+        raise InputError(f"the model is already {artifact.precision}; quantize an FP32 model", where=ctx.where)
+    model = to_openvino(artifact, ctx.spec)
+    count = _samples(cfg, ctx)
+    advanced = None
+    estimators = {"minmax": RangeEstimatorParametersSet.MINMAX, "percentile": RangeEstimatorParametersSet.MEAN_QUANTILE}
+    if cfg.method is not None:
+        advanced = AdvancedQuantizationParameters(activations_range_estimator_params=estimators[cfg.method])
+    preset = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}[cfg.preset]
+    ignored = nncf.IgnoredScope(names=list(cfg.ignore)) if cfg.ignore else None
+    ctx.log(f"NNCF calibration on {count} samples")
+    try:
+        quantized = nncf.quantize(model, nncf.Dataset(_CalibrationSamples(ctx, count)), preset=preset,
+                                  subset_size=count, ignored_scope=ignored, advanced_parameters=advanced)
+    except nncf.ValidationError as exc:
+        raise InputError(f"NNCF rejected the settings: {str(exc).splitlines()[0][:300]}",
+                         where=f"{ctx.where}.ignore" if cfg.ignore else ctx.where) from None
+    except Exception as exc:
+        raise StageError(f"NNCF quantization failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
+    out = save_openvino(quantized, ctx.out_dir / "model.xml", ctx.details.get("stamp", {}))
+    out.precision = "int8"
+    ctx.details.update(backend="nncf", nncf=nncf.__version__, samples=count, preset=cfg.preset,
+                       method=cfg.method or "nncf default", fake_quantize_ops=count_ops(out, {"FakeQuantize"}))
+    if ctx.details["fake_quantize_ops"] == 0:
+        out.precision = "fp32"
+        out.notes.append("NNCF found no layer to quantize: the artifact stays FP32")
+    return out
+
+
+# ---------------------------------------------------------------- ONNX Runtime quantize_static
+SCHEMES = {
+    # name: (activation type, weight type, reduce_range)
+    "u8s8": ("QUInt8", "QInt8", False),
+    "u8s8_reduce_range": ("QUInt8", "QInt8", True),
+    "s8s8": ("QInt8", "QInt8", False),
+}
+
+
+class _Reader:
+    """ORT CalibrationDataReader over the calibration stream, in batches."""
+
+    def __init__(self, ctx: StageContext, count: int):
+        self.ctx, self.count = ctx, count
+        self.rewind()
+
+    def rewind(self):
+        batches = self.ctx.calibration.batches(self.ctx.recipe.data.batch_size)
+        self._left = self.count
+        self._iter = batches
+
+    def get_next(self):
+        if self._left <= 0:
+            return None
+        feeds = next(self._iter, None)
+        if feeds is None:
+            return None
+        feeds = {k: v[: self._left] for k, v in feeds[0].items()}
+        self._left -= len(next(iter(feeds.values())))
+        return feeds
+
+
+def _ort_quantize(src: Path, dst: Path, scheme: str, cfg: QuantizeConfig, ctx: StageContext, count: int,
+                  cache: Path) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    act, weight, reduce_range = SCHEMES[scheme]
+    method = {None: CalibrationMethod.MinMax, "minmax": CalibrationMethod.MinMax,
+              "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}[cfg.method]
+    quantize_static(str(src), str(dst), _Reader(ctx, count), quant_format=QuantFormat.QDQ,
+                    per_channel=cfg.per_channel, reduce_range=reduce_range,
+                    activation_type=getattr(QuantType, act), weight_type=getattr(QuantType, weight),
+                    nodes_to_exclude=list(cfg.ignore) or None, calibrate_method=method,
+                    calibration_cache_path=str(cache))
+
+
+def _selection_feeds(ctx: StageContext) -> list[dict[str, np.ndarray]]:
+    n = min(SELECTION_SAMPLES, len(ctx.calibration))
+    batches, seen = [], 0
+    for feeds, _ in ctx.calibration.batches(ctx.recipe.data.batch_size):
+        batches.append(feeds)
+        seen += len(next(iter(feeds.values())))
+        if seen >= n:
+            break
+    return batches
+
+
+def _agreement(candidate: Path, fp32: list[list[np.ndarray]], feeds: list[dict], threads: int) -> dict:
+    session = open_session(OnnxModel(path=candidate), threads=threads)
+    agree = Agreement()
+    for batch, ref in zip(feeds, fp32):
+        agree.update(session.run(batch)[0], ref[0])
+    return agree.result()
+
+
+def _quantize_onnxruntime(cfg: QuantizeConfig, artifact: OnnxModel, ctx: StageContext) -> OnnxModel:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if artifact.precision != "fp32":
+        raise InputError(f"the model is already {artifact.precision}; quantize an FP32 model", where=ctx.where)
+    count = _samples(cfg, ctx)
+    work = ctx.out_dir / "work"
+    work.mkdir()
+    prepared = work / "prepared.onnx"
+    ctx.log("ORT pre-processing (shape inference, graph clean-up)")
+    try:
+        quant_pre_process(str(artifact.path), str(prepared), skip_symbolic_shape=False)
+    except Exception as exc:
+        raise StageError(f"ORT quantization pre-processing failed: {str(exc).splitlines()[0][:300]}") from None
+
+    if cfg.scheme != "auto":
+        candidates, reason = [cfg.scheme], "set in the recipe"
+    elif ctx.machine.get("vnni"):
+        candidates = ["u8s8"]
+        reason = "this CPU has VNNI, where ORT's default U8S8 does not saturate"
+    else:
+        candidates = ["u8s8", "u8s8_reduce_range", "s8s8"]
+        reason = ("this CPU lacks VNNI, where U8S8 can saturate (ORT docs); "
+                  "each scheme was tried and the one that agrees best with FP32 was kept")
+    threads = ctx.recipe.latency.threads or 2
+    cache = work / "calibration.cache"
+    results: dict[str, dict] = {}
+    if len(candidates) > 1:
+        feeds = _selection_feeds(ctx)
+        fp32_session = open_session(OnnxModel(path=prepared), threads=threads)
+        fp32 = [fp32_session.run(f) for f in feeds]
+    for scheme in candidates:
+        ctx.log(f"ORT quantize_static ({scheme}, {cfg.method or 'minmax'}, {count} samples)")
+        dst = work / f"{scheme}.onnx"
+        try:
+            _ort_quantize(prepared, dst, scheme, cfg, ctx, count, cache)
+        except (ValueError, KeyError) as exc:
+            if cfg.ignore:
+                raise InputError(f"ORT rejected the settings: {exc}", where=f"{ctx.where}.ignore") from None
+            raise StageError(f"ORT quantization failed: {type(exc).__name__}: {exc}") from None
+        if len(candidates) > 1:
+            results[scheme] = _agreement(dst, fp32, feeds, threads)
+    if len(candidates) > 1:
+        key = lambda s: (round(results[s].get("top1_agreement", 0.0), 1), round(results[s]["cosine"], 4))
+        chosen = max(candidates, key=key)  # ties keep the earlier (default) scheme
+    else:
+        chosen = candidates[0]
+    path = ctx.out_dir / "model.onnx"
+    (work / f"{chosen}.onnx").rename(path)
+    stamp_onnx(path, ctx.details.get("stamp", {}))
+    out = OnnxModel(path=path, precision="int8")
+    ctx.details.update(backend="onnxruntime", samples=count, method=cfg.method or "minmax", format="QDQ",
+                       per_channel=cfg.per_channel, scheme=chosen, scheme_reason=reason,
+                       scheme_candidates=results, quantize_ops=count_ops(out, {"QuantizeLinear"}))
+    for leftover in work.iterdir():
+        leftover.unlink()
+    work.rmdir()
+    if ctx.details["quantize_ops"] == 0:
+        out.precision = "fp32"
+        out.notes.append("ORT found no layer to quantize: the artifact stays FP32")
+    return out
+
+
+@register(QuantizeConfig, accepts=_accepts)
+def quantize(cfg: QuantizeConfig, artifact, ctx: StageContext):
+    backends = {"openvino": _quantize_nncf, "onnxruntime": _quantize_onnxruntime}
+    return backends[cfg.backend](cfg, artifact, ctx)

@@ -1,0 +1,81 @@
+"""Device profiles: `targets/*.yaml`, looked up by name (never by position), checked before work starts."""
+from __future__ import annotations
+
+import difflib
+from importlib import metadata
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from packaging.requirements import Requirement
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import RecipeError
+
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "targets"
+
+Runtime = Literal["openvino", "onnxruntime"]
+
+
+class Target(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    description: str
+    runtime: Runtime
+    device: Literal["CPU"] = "CPU"
+    format: Literal["openvino-ir", "onnx"]
+    threads: int = Field(2, ge=1, le=512)
+    batch: int = Field(1, ge=1, le=4096)
+    dynamic_batch: bool = True
+    inference_precision: Literal["f32", "bf16"] | None = None
+    graph_optimization: Literal["basic", "extended", "all"] | None = None
+    quantize_backend: Literal["openvino", "onnxruntime"]
+    requires: dict[str, str] = Field(default_factory=dict)
+
+    def missing_requirements(self) -> list[str]:
+        """Packages this target needs that are absent or at a version outside the pin."""
+        missing = []
+        for package, spec in self.requires.items():
+            try:
+                installed = metadata.version(package)
+            except metadata.PackageNotFoundError:
+                missing.append(f"{package}{spec} (not installed)")
+                continue
+            if installed not in Requirement(f"{package}{spec}").specifier:
+                missing.append(f"{package}{spec} (installed {installed})")
+        return missing
+
+
+def _load_file(path: Path) -> Target:
+    try:
+        data = yaml.safe_load(path.read_text())
+        return Target.model_validate(data)
+    except (OSError, yaml.YAMLError, ValidationError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RecipeError(f"target file is invalid: {first}", where=str(path)) from None
+
+
+def builtin_targets() -> dict[str, Target]:
+    targets = {}
+    for path in sorted(BUILTIN_DIR.glob("*.yaml")):
+        target = _load_file(path)
+        targets[target.name] = target
+    return targets
+
+
+def resolve_target(name: str, *, base_dir: Path, where: str) -> Target:
+    """A built-in target by name, or a user's target file by path (relative to the recipe)."""
+    if name.endswith((".yaml", ".yml")):
+        path = (base_dir / name).resolve()
+        if not path.is_file():
+            raise RecipeError(f"target file {path} does not exist", where=where)
+        return _load_file(path)
+    targets = builtin_targets()
+    if name in targets:
+        return targets[name]
+    close = difflib.get_close_matches(name, list(targets), n=1)
+    hint = f"Did you mean '{close[0]}'?" if close else "Run `compress targets` to list them."
+    raise RecipeError(
+        f"unknown target '{name}' (known: {', '.join(sorted(targets))})", where=where, hint=hint
+    )

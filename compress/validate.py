@@ -1,0 +1,195 @@
+"""The one validation harness: task metric, agreement with the FP32 reference, latency, size.
+
+Every stage, every baseline and `compress bench` go through these functions, so their numbers
+are comparable: same data order, same batch, same latency protocol, threads pinned and recorded.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .data import Dataset
+from .errors import DataError
+from .runtimes import Session
+
+
+# ---------------------------------------------------------------- machine
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def machine_info() -> dict:
+    import psutil
+
+    model = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next((l.split(":", 1)[1].strip() for l in fh if l.startswith("model name")), model)
+    except OSError:
+        pass
+    flags = cpu_flags()
+    isa = [name for name, need in (
+        ("AVX2", "avx2"), ("AVX512", "avx512f"), ("AVX-VNNI", "avx_vnni"), ("AVX512-VNNI", "avx512_vnni"),
+        ("AVX512-BF16", "avx512_bf16"), ("AMX-INT8", "amx_int8"), ("AMX-BF16", "amx_bf16"),
+    ) if need in flags]
+    return {
+        "cpu": model,
+        "isa": isa,
+        "vnni": bool({"avx512_vnni", "avx_vnni", "amx_int8"} & flags),
+        "logical_cores": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+# ---------------------------------------------------------------- metrics
+@dataclass
+class EvalResult:
+    metrics: dict[str, float] = field(default_factory=dict)      # task metrics (top1, top5, ...), percent
+    agreement: dict[str, dict] = field(default_factory=dict)     # per output name
+    samples: int = 0
+    outputs: list[list[np.ndarray]] | None = None                # per batch, when collected as reference
+
+
+def classification_output(outputs: list[np.ndarray]) -> int | None:
+    """Index of the first output that looks like class scores [N, C>1]."""
+    return next((i for i, o in enumerate(outputs) if o.ndim == 2 and o.shape[1] > 1), None)
+
+
+class Agreement:
+    """Streaming agreement of one output against the reference output."""
+
+    def __init__(self):
+        self.n = 0
+        self.top1_same = 0
+        self.cos_sum = 0.0
+        self.cos_min = 1.0
+        self.max_abs = 0.0
+        self.sq_sum = 0.0
+        self.count = 0
+        self.classification = None
+
+    def update(self, out: np.ndarray, ref: np.ndarray) -> None:
+        out = out.astype(np.float64).reshape(len(out), -1)
+        ref = ref.astype(np.float64).reshape(len(ref), -1)
+        if out.shape != ref.shape:
+            raise DataError(f"output shape {list(out.shape)} differs from the reference {list(ref.shape)}")
+        if self.classification is None:
+            self.classification = out.shape[1] > 1
+        if self.classification:
+            self.top1_same += int((out.argmax(1) == ref.argmax(1)).sum())
+        dot = (out * ref).sum(1)
+        norms = np.linalg.norm(out, axis=1) * np.linalg.norm(ref, axis=1)
+        cos = np.where(norms > 0, dot / np.maximum(norms, 1e-300), (np.abs(out - ref).max(1) == 0).astype(float))
+        self.cos_sum += float(cos.sum())
+        self.cos_min = min(self.cos_min, float(cos.min()))
+        diff = np.abs(out - ref)
+        self.max_abs = max(self.max_abs, float(diff.max()) if diff.size else 0.0)
+        self.sq_sum += float((diff ** 2).sum())
+        self.count += diff.size
+        self.n += len(out)
+
+    def result(self) -> dict:
+        res = {"cosine": self.cos_sum / max(self.n, 1), "cosine_min": self.cos_min,
+               "max_abs_error": self.max_abs, "mse": self.sq_sum / max(self.count, 1)}
+        if self.classification:
+            res["top1_agreement"] = 100.0 * self.top1_same / max(self.n, 1)
+        return res
+
+
+def evaluate(session: Session, dataset: Dataset, *, batch_size: int, output_names: list[str],
+             reference: list[list[np.ndarray]] | None = None, collect: bool = False) -> EvalResult:
+    """Run `dataset` through `session`: top-1/top-5 when labels exist, agreement when a reference exists."""
+    result = EvalResult(outputs=[] if collect else None)
+    correct1 = correct5 = 0
+    agree = [Agreement() for _ in output_names]
+    cls_index = None
+    classes = 0
+    for b, (feeds, labels) in enumerate(dataset.batches(batch_size)):
+        outs = session.run(feeds)
+        if len(outs) != len(output_names):
+            raise DataError(f"{session.runtime} returned {len(outs)} outputs, expected {len(output_names)} "
+                            f"({', '.join(output_names)})")
+        n = len(next(iter(feeds.values())))
+        result.samples += n
+        if collect:
+            result.outputs.append(outs)
+        if reference is not None:
+            for a, out, ref in zip(agree, outs, reference[b]):
+                a.update(out, ref)
+        if labels is not None:
+            if cls_index is None:
+                cls_index = classification_output(outs)
+                if cls_index is None:
+                    raise DataError("the eval data has labels but no model output looks like class scores [N, C]",
+                                    where="data.eval")
+            scores = outs[cls_index]
+            classes = scores.shape[1]
+            if labels.max(initial=0) >= classes:
+                raise DataError(f"eval labels out of range: found label {int(labels.max())} but the model "
+                                f"outputs {classes} classes", where="data.eval")
+            top = np.argsort(-scores, axis=1)[:, :5]
+            correct1 += int((top[:, 0] == labels).sum())
+            correct5 += int((top == labels[:, None]).any(1).sum())
+    if result.samples == 0:
+        raise DataError("the eval set produced no samples", where="data.eval")
+    if dataset.has_labels:
+        result.metrics["top1"] = 100.0 * correct1 / result.samples
+        if cls_index is not None and classes > 5:
+            result.metrics["top5"] = 100.0 * correct5 / result.samples
+    if reference is not None:
+        result.agreement = {name: a.result() for name, a in zip(output_names, agree)}
+    return result
+
+
+def primary_metric(result: EvalResult, output_names: list[str]) -> tuple[str, float]:
+    """The figure gates and deltas use: top-1 with labels, else agreement with the FP32 reference."""
+    if "top1" in result.metrics:
+        return "top1", result.metrics["top1"]
+    first = result.agreement.get(output_names[0], {})
+    if "top1_agreement" in first:
+        return "top1_agreement", first["top1_agreement"]
+    return "cosine_pct", 100.0 * first.get("cosine", 1.0)
+
+
+# ---------------------------------------------------------------- latency
+def measure_latency(session: Session, feeds: dict[str, np.ndarray], *, warmup: int, runs: int) -> dict:
+    """Warm up, then time `runs` single calls. Milliseconds; threads come from the session."""
+    for _ in range(warmup):
+        session.run(feeds)
+    times = np.empty(runs)
+    for i in range(runs):
+        start = time.perf_counter()
+        session.run(feeds)
+        times[i] = time.perf_counter() - start
+    times *= 1000.0
+    return {
+        "p50_ms": float(np.percentile(times, 50)), "p90_ms": float(np.percentile(times, 90)),
+        "p99_ms": float(np.percentile(times, 99)), "mean_ms": float(times.mean()),
+        "min_ms": float(times.min()), "runs": runs, "warmup": warmup,
+        "batch": int(next(iter(feeds.values())).shape[0]),
+        "threads": session.settings.get("threads"),
+    }
+
+
+def latency_feeds(dataset: Dataset, batch: int) -> dict[str, np.ndarray]:
+    """A real batch of `batch` samples (repeated if the set is smaller) for timing."""
+    feeds, _ = next(dataset.batches(batch))
+    n = len(next(iter(feeds.values())))
+    if n < batch:
+        reps = -(-batch // n)
+        feeds = {k: np.concatenate([v] * reps)[:batch] for k, v in feeds.items()}
+    return feeds
