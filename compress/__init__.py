@@ -57,7 +57,7 @@ def run(recipe: str | Path | dict | Recipe, *, out: str | Path = "runs", model: 
 def bench(path: str | Path, *, threads: int = 2, batch: int = 1, warmup: int = 10, runs: int = 50,
           inference_precision: str = "f32") -> dict:
     """Latency of an .onnx (ONNX Runtime) or .xml (OpenVINO) file on random inputs of its own shape."""
-    from .bench import bench_file
+    from .validation import bench_file
 
     return bench_file(Path(path), threads=threads, batch=batch, warmup=warmup, runs=runs,
                       inference_precision=inference_precision)

@@ -21,7 +21,8 @@ from .recipe import CompileConfig, Recipe
 from .runtimes import open_session
 from .stages import StageContext, handler_for, output_type
 from .targets import Target, resolve_target
-from .validate import EvalResult, evaluate, latency_feeds, machine_info, measure_latency, primary_metric
+from .validation import (EvalResult, default_primary, evaluate, latency_feeds, machine_info, measure_latency,
+                       primary_metric)
 
 SCHEMA_VERSION = 1
 LIBRARIES = ("compress", "torch", "torchvision", "onnx", "onnxruntime", "openvino", "nncf", "numpy",
@@ -197,7 +198,8 @@ class _Runner:
         return record
 
     def _primary(self, record: dict) -> tuple[str, float]:
-        return primary_metric(EvalResult(metrics=record["metrics"], agreement=record["agreement"]), self.spec.outputs)
+        return primary_metric(EvalResult(metrics=record["metrics"], agreement=record["agreement"]), self.spec.outputs,
+                              self.primary)
 
     def _status(self, stages_status: list[dict], status: str, **extra) -> None:
         atomic_write_json(self.run_dir / "run.json", {
@@ -219,6 +221,9 @@ class _Runner:
         else:
             self.eval = self.calibration
             data_notes.append("no eval set: metrics are measured on the calibration data")
+        if recipe.metric.primary in ("top1", "top5") and not self.eval.has_labels:
+            raise InputError(f"metric.primary '{recipe.metric.primary}' needs labels in the eval data",
+                             where="metric.primary", hint="Add labels (array 'y' in the .npz, or class subfolders).")
         # touch one batch of each before any folder exists: bad data fails here, cheaply
         next(self.calibration.batches(1))
         next(self.eval.batches(1))
@@ -267,9 +272,8 @@ class _Runner:
         self.reference_outputs = ref_result.outputs
         ref_record["name"] = f"fp32-{self.reference.runtime}"
         ref_record["agreement"] = {}
-        name, value = primary_metric(ref_result, self.spec.outputs)
-        if name != "top1":
-            value = 100.0  # the reference agrees with itself
+        self.primary = recipe.metric.primary or default_primary(self.eval.has_labels, ref_result.outputs[0])
+        name, value = primary_metric(ref_result, self.spec.outputs, self.primary)
         ref_record["primary"] = {"name": name, "value": value}
         self.baselines[self.reference.runtime] = ref_record
 

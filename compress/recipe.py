@@ -170,12 +170,18 @@ class LatencyConfig(Strict):
     runs: int = Field(50, ge=1, le=1_000_000)
 
 
+class MetricConfig(Strict):
+    primary: Literal["top1", "top5", "top1_agreement", "cosine"] | None = Field(
+        None, description="figure for deltas and gates; default top1 with labels, else agreement with FP32")
+
+
 class Recipe(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,80}$")
     seed: int = 0
     model: ModelConfig
     data: DataConfig
     stages: list[StageConfig] = Field(min_length=1)
+    metric: MetricConfig = Field(default_factory=MetricConfig)
     gates: Gates = Field(default_factory=Gates)
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
 

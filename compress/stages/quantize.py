@@ -11,7 +11,7 @@ from ..convert import count_ops, save_openvino, stamp_onnx, to_openvino
 from ..errors import InputError, StageError
 from ..recipe import QuantizeConfig
 from ..runtimes import open_session
-from ..validate import Agreement
+from ..validation import Agreement
 from . import StageContext, register
 
 DEFAULT_SAMPLES = 300
@@ -88,14 +88,19 @@ SCHEMES = {
 
 
 class _Reader:
-    """ORT CalibrationDataReader over the calibration stream, in batches."""
+    """ORT CalibrationDataReader over the calibration stream, in batches of one size.
+
+    ORT's histogram calibrators (percentile, entropy) stack per-batch results, so every batch
+    must have the same size: the largest size <= data.batch_size that divides the sample count.
+    """
 
     def __init__(self, ctx: StageContext, count: int):
         self.ctx, self.count = ctx, count
+        self.batch = max(d for d in range(1, min(ctx.recipe.data.batch_size, count) + 1) if count % d == 0)
         self.rewind()
 
     def rewind(self):
-        batches = self.ctx.calibration.batches(self.ctx.recipe.data.batch_size)
+        batches = self.ctx.calibration.batches(self.batch)
         self._left = self.count
         self._iter = batches
 

@@ -1,4 +1,4 @@
-"""The one validation harness: task metric, agreement with the FP32 reference, latency, size.
+"""The one validation harness (`compress.validation`; `compress.validate` is the API function): task metric, agreement with the FP32 reference, latency, size.
 
 Every stage, every baseline and `compress bench` go through these functions, so their numbers
 are comparable: same data order, same batch, same latency protocol, threads pinned and recorded.
@@ -12,9 +12,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pathlib import Path
+
+from .artifacts import OnnxModel, OpenVinoModel
 from .data import Dataset
-from .errors import DataError
-from .runtimes import Session
+from .errors import DataError, InputError
+from .models import check_onnx_file
+from .runtimes import Session, open_session
 
 
 # ---------------------------------------------------------------- machine
@@ -155,14 +159,29 @@ def evaluate(session: Session, dataset: Dataset, *, batch_size: int, output_name
     return result
 
 
-def primary_metric(result: EvalResult, output_names: list[str]) -> tuple[str, float]:
-    """The figure gates and deltas use: top-1 with labels, else agreement with the FP32 reference."""
-    if "top1" in result.metrics:
-        return "top1", result.metrics["top1"]
-    first = result.agreement.get(output_names[0], {})
-    if "top1_agreement" in first:
-        return "top1_agreement", first["top1_agreement"]
-    return "cosine_pct", 100.0 * first.get("cosine", 1.0)
+def default_primary(has_labels: bool, reference_outputs: list[np.ndarray]) -> str:
+    """top1 with labels; else agreement with FP32: top-1 agreement for class scores, cosine otherwise."""
+    if has_labels:
+        return "top1"
+    return "top1_agreement" if classification_output(reference_outputs[:1]) == 0 else "cosine"
+
+
+def primary_metric(result: EvalResult, output_names: list[str], wanted: str) -> tuple[str, float]:
+    """The figure gates and deltas use, in points (percent)."""
+    if wanted in ("top1", "top5"):
+        if wanted not in result.metrics:
+            raise DataError(f"metric.primary '{wanted}' needs integer labels in the eval data and class scores "
+                            f"[N, C]{' with C > 5' if wanted == 'top5' else ''}", where="metric.primary")
+        return wanted, result.metrics[wanted]
+    first = result.agreement.get(output_names[0])
+    if first is None:
+        return wanted, 100.0  # the reference agrees with itself
+    if wanted == "top1_agreement":
+        if "top1_agreement" not in first:
+            raise DataError("metric.primary 'top1_agreement' needs a first output of class scores [N, C]",
+                            where="metric.primary")
+        return wanted, first["top1_agreement"]
+    return "cosine", 100.0 * first["cosine"]
 
 
 # ---------------------------------------------------------------- latency
@@ -193,3 +212,52 @@ def latency_feeds(dataset: Dataset, batch: int) -> dict[str, np.ndarray]:
         reps = -(-batch // n)
         feeds = {k: np.concatenate([v] * reps)[:batch] for k, v in feeds.items()}
     return feeds
+
+
+# ---------------------------------------------------------------- bench a file
+def _random_feeds(shapes: list[tuple[str, list, str]], batch: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for name, dims, dtype in shapes:
+        if any(d is None for d in dims[1:]):
+            raise InputError(f"input '{name}' has dynamic dimensions {dims}; bench needs static ones after the batch")
+        shape = [batch, *dims[1:]]
+        kind = np.dtype(dtype).kind
+        feeds[name] = (rng.standard_normal(shape).astype(dtype) if kind == "f"
+                       else rng.integers(0, 2, shape).astype(dtype))
+    return feeds
+
+
+def bench_file(path: Path, *, threads: int, batch: int, warmup: int, runs: int, inference_precision: str) -> dict:
+    if not path.is_file():
+        raise InputError(f"{path} does not exist")
+    if path.suffix == ".onnx":
+        import onnx
+
+        proto = check_onnx_file(path, str(path))
+        init = {i.name for i in proto.graph.initializer}
+        shapes = []
+        for i in proto.graph.input:
+            if i.name in init:
+                continue
+            t = i.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+            shapes.append((i.name, dims, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).name))
+        artifact = OnnxModel(path=path)
+        session = open_session(artifact, threads=threads)
+    elif path.suffix == ".xml":
+        from .runtimes.openvino_runtime import core
+
+        model = core().read_model(str(path))
+        shapes = []
+        for port in model.inputs:
+            ps = port.get_partial_shape()
+            dims = [d.get_length() if d.is_static else None for d in ps]
+            shapes.append((port.any_name, dims, port.get_element_type().to_dtype().name))
+        artifact = OpenVinoModel(path=path, inference_precision=inference_precision)
+        session = open_session(artifact, threads=threads, static_batch=batch, inference_precision=inference_precision)
+    else:
+        raise InputError(f"{path.name}: bench takes an .onnx or an OpenVINO .xml file")
+    latency = measure_latency(session, _random_feeds(shapes, batch), warmup=warmup, runs=runs)
+    return {"model": str(path), "runtime": session.runtime, "settings": session.settings, "latency": latency,
+            "machine": machine_info(), "inputs": "random normal (floats) / 0-1 (integers), seed 0"}

@@ -1,0 +1,26 @@
+# Everything runs from a project-local virtualenv (.venv) built from pyproject.toml.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: install run test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+run: install          ## install, then run the quickstart recipe
+	$(BIN)/compress run recipes/quickstart.yaml
+
+test: install         ## the test suite (what CI runs)
+	$(BIN)/python -m pytest -q
+
+bench: install        ## side-by-side timings (minutes; prints ratios)
+	$(BIN)/python benchmarks/bench_int8.py
+
+clean:
+	rm -rf runs .pytest_cache
