@@ -224,6 +224,10 @@ class _Runner:
         if recipe.metric.primary in ("top1", "top5") and not self.eval.has_labels:
             raise InputError(f"metric.primary '{recipe.metric.primary}' needs labels in the eval data",
                              where="metric.primary", hint="Add labels (array 'y' in the .npz, or class subfolders).")
+        classes, top = self.spec.classes(), self.eval.max_label()
+        if top is not None and classes is not None and top >= classes:
+            raise InputError(f"eval labels out of range: found label {top} but the model outputs {classes} classes",
+                             where="data.eval")
         # touch one batch of each before any folder exists: bad data fails here, cheaply
         next(self.calibration.batches(1))
         next(self.eval.batches(1))

@@ -62,6 +62,13 @@ class Dataset:
             _check_finite(feeds, self.where)
             yield feeds, labels
 
+    def max_label(self) -> int | None:
+        labels = self._labels()
+        return None if labels is None or len(self.indices) == 0 else int(labels[self.indices].max())
+
+    def _labels(self) -> np.ndarray | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
     def samples(self) -> Iterator[dict[str, np.ndarray]]:
         """One sample at a time, batch dimension kept (for calibrators that count samples)."""
         for feeds, _ in self.batches(1):
@@ -75,6 +82,9 @@ class Dataset:
 class ArrayDataset(Dataset):
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     labels: np.ndarray | None = None
+
+    def _labels(self):
+        return self.labels
 
     def _read(self, index):
         order = np.argsort(index)  # memory-mapped arrays read faster in order
@@ -93,6 +103,9 @@ class ArrayDataset(Dataset):
 class ImageFolderDataset(Dataset):
     files: list[Path] = field(default_factory=list)
     file_labels: np.ndarray | None = None
+
+    def _labels(self):
+        return self.file_labels
 
     def _load_image(self, path: Path) -> np.ndarray:
         from PIL import Image, UnidentifiedImageError
@@ -204,6 +217,8 @@ def _open_arrays(path: Path, src: DataSource, spec: ModelSpec, base_dir: Path, w
             except (OSError, ValueError) as exc:
                 raise DataError(f"cannot read labels {label_path}: {exc}", where=f"{where}.labels") from None
     count = _check_sample_shapes(arrays, spec, where)
+    for start in range(0, count, 4096):  # in chunks: .npy files stay memory-mapped
+        _check_finite({name: np.asarray(a[start:start + 4096]) for name, a in arrays.items()}, where)
     if labels is not None:
         labels = _check_labels(np.asarray(labels), count, where)
     return arrays, labels, count

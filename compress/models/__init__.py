@@ -21,10 +21,18 @@ class ModelSpec:
 
     inputs: list[InputSpec]
     outputs: list[str]
+    output_shapes: list[list[int | None]] | None = None   # from a dry run at the recipe's batch
 
     @property
     def batch(self) -> int:
         return self.inputs[0].shape[0]
+
+    def classes(self) -> int | None:
+        """Class count of the first output shaped [N, C>1], if the model has one."""
+        for shape in self.output_shapes or []:
+            if len(shape) == 2 and shape[1] is not None and shape[1] > 1:
+                return shape[1]
+        return None
 
     def dummy(self, batch: int | None = None) -> dict[str, np.ndarray]:
         """Zero-valued example inputs (a real batch is used wherever data exists)."""
@@ -182,6 +190,7 @@ def _load_torch(cfg: ModelConfig, base_dir: Path, seed: int) -> tuple[TorchModel
         raise ModelError(f"the model does not accept the recipe's input ({shapes}): {first}",
                          where="model.input", hint="Set model.input.shape (batch first) and dtype to what the model takes.") from None
     spec.outputs = _output_names(cfg, names, len(outs))
+    spec.output_shapes = [list(o.shape) for o in outs]
     return TorchModel(path=None, module=module, notes=notes), spec
 
 
@@ -230,7 +239,9 @@ def _load_onnx(cfg: ModelConfig, base_dir: Path) -> tuple[OnnxModel, ModelSpec]:
     names = [o.name for o in proto.graph.output]
     if cfg.outputs is not None and list(cfg.outputs) != names:
         raise ModelError(f"model.outputs {cfg.outputs} differ from the ONNX outputs {names}", where="model.outputs")
-    return OnnxModel(path=path), ModelSpec(inputs=specs, outputs=names)
+    shapes = [[d.dim_value if d.HasField("dim_value") else None for d in o.type.tensor_type.shape.dim]
+              for o in proto.graph.output]
+    return OnnxModel(path=path), ModelSpec(inputs=specs, outputs=names, output_shapes=shapes)
 
 
 def load_model(cfg: ModelConfig, base_dir: Path, seed: int = 0, module=None) -> tuple[Artifact, ModelSpec]:
@@ -248,6 +259,7 @@ def load_model(cfg: ModelConfig, base_dir: Path, seed: int = 0, module=None) -> 
         except Exception as exc:
             raise ModelError(f"the model does not accept the recipe's input: {exc}", where="model.input") from None
         spec.outputs = _output_names(cfg, names, len(outs))
+        spec.output_shapes = [list(o.shape) for o in outs]
         return TorchModel(path=None, module=module), spec
     if cfg.source == "onnx":
         return _load_onnx(cfg, base_dir)

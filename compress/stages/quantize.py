@@ -8,7 +8,7 @@ import numpy as np
 
 from ..artifacts import OnnxModel, OpenVinoModel, TorchModel
 from ..convert import count_ops, save_openvino, stamp_onnx, to_openvino
-from ..errors import InputError, StageError
+from ..errors import CompressError, InputError, StageError
 from ..recipe import QuantizeConfig
 from ..runtimes import open_session
 from ..validation import Agreement
@@ -63,6 +63,8 @@ def _quantize_nncf(cfg: QuantizeConfig, artifact, ctx: StageContext) -> OpenVino
     try:
         quantized = nncf.quantize(model, nncf.Dataset(_CalibrationSamples(ctx, count)), preset=preset,
                                   subset_size=count, ignored_scope=ignored, advanced_parameters=advanced)
+    except CompressError:
+        raise
     except nncf.ValidationError as exc:
         raise InputError(f"NNCF rejected the settings: {str(exc).splitlines()[0][:300]}",
                          where=f"{ctx.where}.ignore" if cfg.ignore else ctx.where) from None
@@ -184,6 +186,8 @@ def _quantize_onnxruntime(cfg: QuantizeConfig, artifact: OnnxModel, ctx: StageCo
         dst = work / f"{scheme}.onnx"
         try:
             _ort_quantize(prepared, dst, scheme, cfg, ctx, count, cache)
+        except CompressError:
+            raise
         except (ValueError, KeyError) as exc:
             if cfg.ignore:
                 raise InputError(f"ORT rejected the settings: {exc}", where=f"{ctx.where}.ignore") from None
