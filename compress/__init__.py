@@ -45,13 +45,18 @@ def validate(recipe: str | Path | dict | Recipe, *, base_dir: str | Path | None 
     return plan(parsed, base, in_memory_model=model is not None)
 
 
-def run(recipe: str | Path | dict | Recipe, *, out: str | Path = "runs", model: Any = None,
+def run(recipe: str | Path | dict | Recipe, *, out: str | Path = "runs", model: Any = None, metric: Any = None,
         base_dir: str | Path | None = None, reporter=None):
-    """Run the recipe; returns a RunResult (report as a dict, `.passed` for the gates)."""
+    """Run the recipe; returns a RunResult (report as a dict, `.passed` for the gates).
+
+    `model`: a torch.nn.Module used instead of the recipe's model source.
+    `metric`: a function(outputs, targets) -> dict, or a class with update()/compute(), used instead
+    of the recipe's `metric.function`; `outputs` maps output names to numpy arrays.
+    """
     from .pipeline import run as run_pipeline
 
     parsed, base = load(recipe, base_dir)
-    return run_pipeline(parsed, base_dir=base, out_dir=Path(out), model=model, reporter=reporter)
+    return run_pipeline(parsed, base_dir=base, out_dir=Path(out), model=model, metric=metric, reporter=reporter)
 
 
 def bench(path: str | Path, *, threads: int = 2, batch: int = 1, warmup: int = 10, runs: int = 50,

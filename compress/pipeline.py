@@ -14,14 +14,14 @@ from . import report as report_mod
 from .artifacts import Artifact, OnnxModel, OpenVinoModel, TorchModel
 from .convert import save_openvino, to_openvino, torch_to_onnx
 from .data import Dataset, open_dataset
-from .errors import CompressError, InputError, StageError
+from .errors import ChainError, CompressError, DataError, InputError, StageError
 from .fsutil import atomic_dir, atomic_write_json, atomic_write_text
-from .models import ModelSpec, load_model
-from .recipe import CompileConfig, Recipe
+from .models import ModelSpec, import_callable, load_model
+from .recipe import CompileConfig, MetricConfig, Recipe
 from .runtimes import open_session
 from .stages import StageContext, handler_for, output_type
 from .targets import Target, resolve_target
-from .validation import (EvalResult, default_primary, evaluate, latency_feeds, machine_info, measure_latency,
+from .validation import (EvalResult, UserMetric, default_primary, evaluate, latency_feeds, machine_info, measure_latency,
                        primary_metric)
 
 SCHEMA_VERSION = 1
@@ -66,9 +66,14 @@ class Plan:
 
 def plan(recipe: Recipe, base_dir: Path, *, in_memory_model: bool = False) -> Plan:
     current: type = OnnxModel if recipe.model.source == "onnx" and not in_memory_model else TorchModel
-    planned, counts, last_target = [], {}, None
+    planned, counts, last_target, quantized_at = [], {}, None, None
     for i, cfg in enumerate(recipe.stages):
         where = f"stages[{i}]"
+        if cfg.type == "quantize":
+            if quantized_at is not None:
+                raise ChainError(f"the model is already quantized by {quantized_at}; quantize once",
+                                 where=where, hint="Remove one of the quantize stages.")
+            quantized_at = where
         target = None
         if isinstance(cfg, CompileConfig):
             target = resolve_target(cfg.target, base_dir=base_dir, where=f"{where}.target")
@@ -134,8 +139,9 @@ def _param_count(artifact: Artifact) -> int | None:
 
 
 class _Runner:
-    def __init__(self, the_plan: Plan, out_dir: Path, *, model=None, reporter: Reporter | None = None):
+    def __init__(self, the_plan: Plan, out_dir: Path, *, model=None, metric=None, reporter: Reporter | None = None):
         self.plan = the_plan
+        self.user_metric = metric
         self.recipe = the_plan.recipe
         self.out_dir = out_dir
         self.user_model = model
@@ -152,7 +158,8 @@ class _Runner:
         session = open_session(artifact, threads=threads, inference_precision=inference_precision)
         self.reporter.log(f"{label}: evaluating on {len(self.eval)} samples ({session.runtime})")
         result = evaluate(session, self.eval, batch_size=self.recipe.data.batch_size, output_names=self.spec.outputs,
-                          reference=self.reference_outputs, collect=collect)
+                          reference=self.reference_outputs, collect=collect, metric=self.metric,
+                          label=f"{label} ({session.runtime})")
         latency_session = open_session(artifact, threads=threads, static_batch=batch,
                                        inference_precision=inference_precision)
         self.reporter.log(f"{label}: timing batch {batch}, {threads} threads")
@@ -211,6 +218,8 @@ class _Runner:
     def run(self) -> RunResult:
         recipe, base = self.recipe, self.plan.base_dir
         self.reference, self.spec = load_model(recipe.model, base, recipe.seed, module=self.user_model)
+        self.metric = load_metric(recipe.metric, base, self.user_metric)
+        self.higher_is_better = recipe.metric.higher_is_better
         self.calibration = open_dataset(recipe.data.calibration, recipe.data.transform, self.spec, base_dir=base,
                                         seed=recipe.seed, where="data.calibration")
         data_notes = [f"calibration: {n}" for n in self.calibration.notes]
@@ -229,8 +238,9 @@ class _Runner:
             raise InputError(f"eval labels out of range: found label {top} but the model outputs {classes} classes",
                              where="data.eval")
         # touch one batch of each before any folder exists: bad data fails here, cheaply
-        next(self.calibration.batches(1))
-        next(self.eval.batches(1))
+        for name, dataset in (("data.calibration", self.calibration), ("data.eval", self.eval)):
+            if next(dataset.batches(1), None) is None:
+                raise DataError("the data yielded no samples", where=name)
 
         self.machine = machine_info()
         self.started = datetime.now().isoformat(timespec="seconds")
@@ -276,9 +286,11 @@ class _Runner:
         self.reference_outputs = ref_result.outputs
         ref_record["name"] = f"fp32-{self.reference.runtime}"
         ref_record["agreement"] = {}
-        self.primary = recipe.metric.primary or default_primary(self.eval.has_labels, ref_result.outputs[0])
+        user_names = [k for k in ref_result.metrics if k not in ("top1", "top5")]
+        self.primary = recipe.metric.primary or (user_names[0] if self.metric is not None and user_names
+                                                 else default_primary(self.eval.has_labels, ref_result.outputs[0]))
         name, value = primary_metric(ref_result, self.spec.outputs, self.primary)
-        ref_record["primary"] = {"name": name, "value": value}
+        ref_record["primary"] = {"name": name, "value": value, "higher_is_better": self.higher_is_better}
         self.baselines[self.reference.runtime] = ref_record
 
         artifact = self.reference
@@ -316,7 +328,8 @@ class _Runner:
                 "name": planned.name, "type": planned.config.type, "where": planned.where,
                 "config": planned.config.model_dump(mode="json"), "details": ctx.details,
                 "duration_s": round(duration, 2), "notes": list(output.notes),
-                "primary": {"name": pname, "value": pvalue, "delta": pvalue - ref_primary},
+                "primary": {"name": pname, "value": pvalue, "delta": pvalue - ref_primary,
+                            "higher_is_better": self.higher_is_better},
                 "speedup": {
                     "vs_fp32_same_runtime": baseline["latency"]["p50_ms"] / record["latency"]["p50_ms"],
                     "vs_reference": ref_record["latency"]["p50_ms"] / record["latency"]["p50_ms"],
@@ -360,6 +373,8 @@ def evaluate_gates(recipe: Recipe, final: dict, reference: dict) -> list[dict]:
     gates = []
     if g.max_accuracy_drop is not None:
         drop = reference["primary"]["value"] - final["primary"]["value"]
+        if not final["primary"].get("higher_is_better", True):
+            drop = -drop
         gates.append({"gate": "max_accuracy_drop", "threshold": g.max_accuracy_drop, "value": round(drop, 4),
                       "passed": drop <= g.max_accuracy_drop,
                       "detail": f"{final['primary']['name']} dropped {drop:.2f} points "
@@ -378,6 +393,17 @@ def evaluate_gates(recipe: Recipe, final: dict, reference: dict) -> list[dict]:
     return gates
 
 
-def run(recipe: Recipe, *, base_dir: Path, out_dir: Path, model=None, reporter: Reporter | None = None) -> RunResult:
+def load_metric(cfg: MetricConfig, base_dir: Path, override=None) -> UserMetric | None:
+    """The user's metric: an in-memory object (API) or the recipe's `metric.function`."""
+    if override is not None:
+        return UserMetric(override, getattr(override, "__name__", type(override).__name__), cfg.kwargs)
+    if cfg.function is None:
+        return None
+    obj = import_callable(cfg.function, base_dir, where="metric.function", error=InputError)
+    return UserMetric(obj, cfg.function, cfg.kwargs)
+
+
+def run(recipe: Recipe, *, base_dir: Path, out_dir: Path, model=None, metric=None,
+        reporter: Reporter | None = None) -> RunResult:
     the_plan = plan(recipe, base_dir, in_memory_model=model is not None)
-    return _Runner(the_plan, out_dir, model=model, reporter=reporter).run()
+    return _Runner(the_plan, out_dir, model=model, metric=metric, reporter=reporter).run()

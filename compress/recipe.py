@@ -89,9 +89,28 @@ class Transform(Strict):
 
 
 class DataSource(Strict):
-    path: str = Field(description=".npz, .npy, or a folder of images (one subfolder per class)")
+    source: Literal["files", "python"] | None = Field(None, description="default: python with factory, else files")
+    path: str | None = Field(None, description=".npz, .npy, or a folder of images (one subfolder per class)")
     labels: str | None = Field(None, description=".npy of integer labels (with a .npy input file)")
+    factory: str | None = Field(None, description="file.py:callable returning an iterable of (inputs, targets) batches")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the factory")
     samples: int | None = Field(None, ge=1, le=MAX_SAMPLES, description="use at most this many samples")
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataSource":
+        source = self.source or ("python" if self.factory is not None else "files")
+        if source == "python":
+            if self.factory is None or ":" not in self.factory:
+                raise ValueError("source 'python' needs factory: 'path/to/file.py:callable'")
+            if self.path is not None or self.labels is not None:
+                raise ValueError("'path' and 'labels' do not apply to source 'python'")
+        else:
+            if self.path is None:
+                raise ValueError("give 'path' (.npz, .npy or an image folder), or 'factory' for Python data")
+            if self.factory is not None or self.kwargs:
+                raise ValueError("'factory' and 'kwargs' apply to source 'python' only")
+        self.source = source
+        return self
 
 
 class DataConfig(Strict):
@@ -170,9 +189,31 @@ class LatencyConfig(Strict):
     runs: int = Field(50, ge=1, le=1_000_000)
 
 
+BUILTIN_METRICS = ("top1", "top5", "top1_agreement", "cosine")
+
+
 class MetricConfig(Strict):
-    primary: Literal["top1", "top5", "top1_agreement", "cosine"] | None = Field(
+    function: str | None = Field(
+        None, description="file.py:callable; a function(outputs, targets) -> dict over the whole eval set, "
+                          "or a class with update(outputs, targets) per batch and compute() -> dict")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for a metric class")
+    primary: str | None = Field(
         None, description="figure for deltas and gates; default top1 with labels, else agreement with FP32")
+    higher_is_better: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> "MetricConfig":
+        if self.function is None:
+            if self.primary is not None and self.primary not in BUILTIN_METRICS:
+                raise ValueError(f"primary '{self.primary}' is not a built-in metric ({', '.join(BUILTIN_METRICS)}); "
+                                 "give 'function' for your own")
+            if not self.higher_is_better:
+                raise ValueError("'higher_is_better' applies to a user metric 'function' only")
+            if self.kwargs:
+                raise ValueError("'kwargs' applies to a user metric 'function' only")
+        elif ":" not in self.function:
+            raise ValueError("function must look like 'path/to/file.py:callable'")
+        return self
 
 
 class Recipe(Strict):

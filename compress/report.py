@@ -15,7 +15,8 @@ def _fmt(value, digits=2, suffix="") -> str:
 
 def _metric_cell(record: dict) -> str:
     primary = record.get("primary", {})
-    return f"{primary.get('name', '?')} {_fmt(primary.get('value'))}"
+    value = primary.get('value')
+    return f"{primary.get('name', '?')} {value:.4g}" if value is not None else '–'
 
 
 def _agreement_cell(record: dict) -> str:

@@ -114,10 +114,97 @@ class Agreement:
         return res
 
 
+class UserMetric:
+    """A user's metric: a function(outputs, targets) -> dict called once on the whole eval set, or a
+    class whose instances take update(outputs, targets) per batch and compute() -> dict (streaming).
+    `outputs` maps output names to numpy arrays in model order, whatever the runtime."""
+
+    def __init__(self, obj, ref: str, kwargs: dict | None = None):
+        import inspect
+
+        self.obj, self.ref, self.kwargs = obj, ref, dict(kwargs or {})
+        self.streaming = inspect.isclass(obj)
+        if not self.streaming and not callable(obj):
+            raise InputError(f"metric {ref} is not callable", where="metric.function")
+
+    def _fail(self, label: str, exc: Exception) -> InputError:
+        return InputError(f"metric {self.ref} raised on {label}: {type(exc).__name__}: {exc}", where="metric.function")
+
+    def start(self, label: str) -> None:
+        self.label = label
+        self.outputs: list[dict[str, np.ndarray]] = []
+        self.targets: list = []
+        if self.streaming:
+            try:
+                self.state = self.obj(**self.kwargs)
+            except Exception as exc:
+                raise self._fail(label, exc) from None
+
+    def update(self, named: dict[str, np.ndarray], targets) -> None:
+        if self.streaming:
+            try:
+                self.state.update(named, targets)
+            except Exception as exc:
+                raise self._fail(self.label, exc) from None
+        else:
+            self.outputs.append(named)
+            self.targets.append(targets)
+
+    def compute(self) -> dict[str, float]:
+        try:
+            if self.streaming:
+                value = self.state.compute()
+            else:
+                named = {k: np.concatenate([o[k] for o in self.outputs]) for k in self.outputs[0]}
+                value = self.obj(named, _join_targets(self.targets))
+        except InputError:
+            raise
+        except Exception as exc:
+            raise self._fail(self.label, exc) from None
+        finally:
+            self.outputs, self.targets = [], []
+        return _check_metric_values(value, self.ref, self.label)
+
+
+def _join_targets(parts: list):
+    """Per-batch targets -> the whole set: arrays concatenated, anything else (ragged lists) flattened."""
+    if all(p is None for p in parts):
+        return None
+    if all(hasattr(p, "shape") for p in parts):
+        arrays = [p.detach().cpu().numpy() if hasattr(p, "detach") else np.asarray(p) for p in parts]
+        return np.concatenate(arrays)
+    joined: list = []
+    for p in parts:
+        joined.extend(list(p))
+    return joined
+
+
+def _check_metric_values(value, ref: str, label: str) -> dict[str, float]:
+    if not isinstance(value, dict) or not value:
+        raise InputError(f"metric {ref} returned {type(value).__name__} on {label}; it must return a non-empty "
+                         "dict of names to numbers", where="metric.function")
+    out = {}
+    for key, number in value.items():
+        try:
+            number = float(number.item() if hasattr(number, "item") else number)
+        except (TypeError, ValueError):
+            raise InputError(f"metric {ref} returned {key!r}: {type(number).__name__} on {label}; values must be "
+                             "numbers", where="metric.function") from None
+        if not np.isfinite(number):
+            raise InputError(f"metric {ref} returned {key!r} = {number} on {label}; values must be finite",
+                             where="metric.function")
+        out[str(key)] = number
+    return out
+
+
 def evaluate(session: Session, dataset: Dataset, *, batch_size: int, output_names: list[str],
-             reference: list[list[np.ndarray]] | None = None, collect: bool = False) -> EvalResult:
-    """Run `dataset` through `session`: top-1/top-5 when labels exist, agreement when a reference exists."""
+             reference: list[list[np.ndarray]] | None = None, collect: bool = False,
+             metric: UserMetric | None = None, label: str = "") -> EvalResult:
+    """Run `dataset` through `session`: top-1/top-5 when labels exist, agreement when a reference
+    exists, and the user's metric when there is one."""
     result = EvalResult(outputs=[] if collect else None)
+    if metric is not None:
+        metric.start(label or session.runtime)
     correct1 = correct5 = 0
     agree = [Agreement() for _ in output_names]
     cls_index = None
@@ -125,16 +212,21 @@ def evaluate(session: Session, dataset: Dataset, *, batch_size: int, output_name
     for b, (feeds, labels) in enumerate(dataset.batches(batch_size)):
         outs = session.run(feeds)
         if len(outs) != len(output_names):
-            raise DataError(f"{session.runtime} returned {len(outs)} outputs, expected {len(output_names)} "
+            raise DataError(f"{label or session.runtime} returned {len(outs)} outputs, expected {len(output_names)} "
                             f"({', '.join(output_names)})")
+        if metric is not None:
+            metric.update(dict(zip(output_names, outs)), labels)
         n = len(next(iter(feeds.values())))
         result.samples += n
         if collect:
             result.outputs.append(outs)
         if reference is not None:
-            for a, out, ref in zip(agree, outs, reference[b]):
+            for name, a, out, ref in zip(output_names, agree, outs, reference[b]):
+                if out.shape != ref.shape:
+                    raise DataError(f"{label or session.runtime}: output '{name}' has shape {list(out.shape)}, "
+                                    f"the FP32 reference {list(ref.shape)}")
                 a.update(out, ref)
-        if labels is not None:
+        if dataset.has_labels and labels is not None:
             if cls_index is None:
                 cls_index = classification_output(outs)
                 if cls_index is None:
@@ -156,6 +248,8 @@ def evaluate(session: Session, dataset: Dataset, *, batch_size: int, output_name
             result.metrics["top5"] = 100.0 * correct5 / result.samples
     if reference is not None:
         result.agreement = {name: a.result() for name, a in zip(output_names, agree)}
+    if metric is not None:
+        result.metrics.update(metric.compute())
     return result
 
 
@@ -167,7 +261,12 @@ def default_primary(has_labels: bool, reference_outputs: list[np.ndarray]) -> st
 
 
 def primary_metric(result: EvalResult, output_names: list[str], wanted: str) -> tuple[str, float]:
-    """The figure gates and deltas use, in points (percent)."""
+    """The figure gates and deltas use: built-ins in points (percent), a user's metric in its own units."""
+    if wanted not in ("top1", "top5", "top1_agreement", "cosine"):
+        if wanted not in result.metrics:
+            raise InputError(f"metric.primary '{wanted}' is not among the names the metric returned "
+                             f"({', '.join(result.metrics) or 'none'})", where="metric.primary")
+        return wanted, result.metrics[wanted]
     if wanted in ("top1", "top5"):
         if wanted not in result.metrics:
             raise DataError(f"metric.primary '{wanted}' needs integer labels in the eval data and class scores "
@@ -207,6 +306,7 @@ def measure_latency(session: Session, feeds: dict[str, np.ndarray], *, warmup: i
 def latency_feeds(dataset: Dataset, batch: int) -> dict[str, np.ndarray]:
     """A real batch of `batch` samples (repeated if the set is smaller) for timing."""
     feeds, _ = next(dataset.batches(batch))
+    feeds = {k: v[:batch] for k, v in feeds.items()}
     n = len(next(iter(feeds.values())))
     if n < batch:
         reps = -(-batch // n)

@@ -72,7 +72,24 @@ class Dataset:
     def samples(self) -> Iterator[dict[str, np.ndarray]]:
         """One sample at a time, batch dimension kept (for calibrators that count samples)."""
         for feeds, _ in self.batches(1):
-            yield feeds
+            for i in range(len(next(iter(feeds.values())))):
+                yield {k: v[i:i + 1] for k, v in feeds.items()}
+
+    def input_batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        """Inputs only, every batch exactly `batch_size` samples but the last (calibrators stack them)."""
+        pending: list[dict[str, np.ndarray]] = []
+        held = 0
+        for feeds, _ in self.batches(batch_size):
+            pending.append(feeds)
+            held += len(next(iter(feeds.values())))
+            while held >= batch_size:
+                joined = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
+                yield {k: v[:batch_size] for k, v in joined.items()}
+                rest = {k: v[batch_size:] for k, v in joined.items()}
+                held -= batch_size
+                pending = [rest] if held else []
+        if held:
+            yield {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
 
     def _read(self, index: np.ndarray) -> Batch:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -145,6 +162,86 @@ class ImageFolderDataset(Dataset):
         feeds = {self.spec.inputs[0].name: _normalize(batch, self.transform, self.spec.inputs[0].dtype, self.where)}
         labels = None if self.file_labels is None else self.file_labels[index]
         return feeds, labels
+
+
+@dataclass
+class PythonDataset(Dataset):
+    """Batches from a user's `file.py:factory`: an iterable of (inputs, targets), called anew for each pass.
+
+    `inputs`: an array or tensor (one input), a tuple/list in input order, or a dict by input name.
+    `targets`: anything the metric function understands (arrays, ragged box lists...), or None.
+    """
+
+    factory: object = None
+    kwargs: dict = field(default_factory=dict)
+    cap: int | None = None
+    ref: str = ""
+    _count: int | None = None
+
+    def __len__(self) -> int:
+        if self._count is None:
+            self._count = sum(len(next(iter(feeds.values()))) for feeds, _ in self.batches(0))
+            if self._count == 0:
+                raise DataError(f"{self.ref} yielded no samples", where=self.where)
+        return self._count
+
+    def max_label(self) -> int | None:
+        return None
+
+    def _feeds(self, inputs, where: str) -> dict[str, np.ndarray]:
+        specs = self.spec.inputs
+        if isinstance(inputs, dict):
+            missing = [s.name for s in specs if s.name not in inputs]
+            if missing:
+                raise DataError(f"{self.ref} yielded inputs without {missing} (has {list(inputs)})", where=where)
+            values = [inputs[s.name] for s in specs]
+        elif isinstance(inputs, (list, tuple)):
+            values = list(inputs)
+        else:
+            values = [inputs]
+        if len(values) != len(specs):
+            raise DataError(f"{self.ref} yielded {len(values)} input(s), the model takes {len(specs)}", where=where)
+        feeds = {}
+        for spec, value in zip(specs, values):
+            array = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+            if array.ndim != len(spec.shape) or list(array.shape[1:]) != list(spec.shape[1:]):
+                raise DataError(f"{self.ref} yielded '{spec.name}' of shape {list(array.shape)}; the model takes "
+                                f"[N, {', '.join(map(str, spec.shape[1:]))}]", where=where)
+            if np.dtype(spec.dtype).kind in "iub" and array.dtype.kind == "f":
+                raise DataError(f"{self.ref} yielded '{spec.name}' as {array.dtype}; the recipe says {spec.dtype}",
+                                where=where)
+            feeds[spec.name] = _normalize(array, self.transform, spec.dtype, where)
+        return feeds
+
+    def batches(self, batch_size: int) -> Iterator[Batch]:
+        try:
+            stream = self.factory(**self.kwargs)
+            iterator = iter(stream)
+        except Exception as exc:
+            raise DataError(f"calling {self.ref} failed: {type(exc).__name__}: {exc}", where=self.where) from None
+        seen = 0
+        while self.cap is None or seen < self.cap:
+            try:
+                item = next(iterator)
+            except StopIteration:
+                break
+            except Exception as exc:
+                raise DataError(f"{self.ref} raised while yielding data: {type(exc).__name__}: {exc}",
+                                where=self.where) from None
+            if not isinstance(item, (tuple, list)) or len(item) != 2:
+                raise DataError(f"{self.ref} must yield (inputs, targets) pairs; got {type(item).__name__}",
+                                where=self.where, hint="Yield (inputs, None) when there are no targets.")
+            feeds = self._feeds(item[0], self.where)
+            _check_finite(feeds, self.where)
+            n = len(next(iter(feeds.values())))
+            targets = item[1]
+            if self.cap is not None and seen + n > self.cap:
+                keep = self.cap - seen
+                feeds = {k: v[:keep] for k, v in feeds.items()}
+                targets = targets[:keep] if targets is not None else None
+                n = keep
+            seen += n
+            yield feeds, targets
 
 
 def _select(total: int, samples: int | None, seed: int) -> tuple[np.ndarray, list[str]]:
@@ -239,6 +336,14 @@ def _list_images(folder: Path, where: str) -> tuple[list[Path], np.ndarray | Non
 
 def open_dataset(src: DataSource, transform: Transform, spec: ModelSpec, *, base_dir: Path, seed: int,
                  where: str) -> Dataset:
+    if src.source == "python":
+        from ..models import import_callable
+
+        factory = import_callable(src.factory, base_dir, where=f"{where}.factory", error=DataError)
+        if not callable(factory):
+            raise DataError(f"{src.factory} is not callable", where=f"{where}.factory")
+        return PythonDataset(where=where, spec=spec, transform=transform, indices=np.arange(0), has_labels=False,
+                             total=0, factory=factory, kwargs=dict(src.kwargs), cap=src.samples, ref=src.factory)
     path = resolve_path(src.path, base_dir)
     if not path.exists():
         raise DataError(f"{path} does not exist", where=f"{where}.path", hint="Paths are relative to the recipe file.")

@@ -18,7 +18,7 @@ def export(cfg: ExportConfig, artifact: TorchModel, ctx: StageContext) -> OnnxMo
     stamp_onnx(path, ctx.details.get("stamp", {}))
     onnx_model = OnnxModel(path=path, precision=artifact.precision)
 
-    feeds, _ = next(ctx.calibration.batches(min(ctx.recipe.data.batch_size, 16)))
+    feeds = next(ctx.calibration.input_batches(min(ctx.recipe.data.batch_size, 16)))
     expected, _ = torch_outputs(artifact.module, feeds)
     got = open_session(onnx_model, threads=1).run(feeds)
     diff, scale = onnx_max_abs_diff(got, expected)

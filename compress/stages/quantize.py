@@ -102,7 +102,7 @@ class _Reader:
         self.rewind()
 
     def rewind(self):
-        batches = self.ctx.calibration.batches(self.batch)
+        batches = self.ctx.calibration.input_batches(self.batch)
         self._left = self.count
         self._iter = batches
 
@@ -112,7 +112,7 @@ class _Reader:
         feeds = next(self._iter, None)
         if feeds is None:
             return None
-        feeds = {k: v[: self._left] for k, v in feeds[0].items()}
+        feeds = {k: v[: self._left] for k, v in feeds.items()}
         self._left -= len(next(iter(feeds.values())))
         return feeds
 
@@ -134,7 +134,7 @@ def _ort_quantize(src: Path, dst: Path, scheme: str, cfg: QuantizeConfig, ctx: S
 def _selection_feeds(ctx: StageContext) -> list[dict[str, np.ndarray]]:
     n = min(SELECTION_SAMPLES, len(ctx.calibration))
     batches, seen = [], 0
-    for feeds, _ in ctx.calibration.batches(ctx.recipe.data.batch_size):
+    for feeds in ctx.calibration.input_batches(ctx.recipe.data.batch_size):
         batches.append(feeds)
         seen += len(next(iter(feeds.values())))
         if seen >= n:
