@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 
 # torch logs a CUDA warning when NNCF imports its extension loader on a CPU-only machine.
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-__all__ = ["run", "validate", "bench", "load", "Recipe", "CompressError", "InputError", "RecipeError",
+__all__ = ["run", "resume", "validate", "bench", "load", "Recipe", "CompressError", "InputError", "RecipeError",
            "ModelError", "DataError", "ChainError", "StageError"]
 
 
@@ -46,17 +46,26 @@ def validate(recipe: str | Path | dict | Recipe, *, base_dir: str | Path | None 
 
 
 def run(recipe: str | Path | dict | Recipe, *, out: str | Path = "runs", model: Any = None, metric: Any = None,
-        base_dir: str | Path | None = None, reporter=None):
+        base_dir: str | Path | None = None, reporter=None, cache: bool = True):
     """Run the recipe; returns a RunResult (report as a dict, `.passed` for the gates).
 
     `model`: a torch.nn.Module used instead of the recipe's model source.
     `metric`: a function(outputs, targets) -> dict, or a class with update()/compute(), used instead
     of the recipe's `metric.function`; `outputs` maps output names to numpy arrays.
+    `cache=False` recomputes every stage instead of reusing identical finished ones from `<out>/.cache`.
     """
     from .pipeline import run as run_pipeline
 
     parsed, base = load(recipe, base_dir)
-    return run_pipeline(parsed, base_dir=base, out_dir=Path(out), model=model, metric=metric, reporter=reporter)
+    return run_pipeline(parsed, base_dir=base, out_dir=Path(out), model=model, metric=metric, reporter=reporter,
+                        use_cache=cache)
+
+
+def resume(run_dir: str | Path, *, model: Any = None, metric: Any = None, reporter=None, cache: bool = True):
+    """Continue a killed run in its folder from the last finished stage; returns a RunResult."""
+    from .pipeline import resume as resume_pipeline
+
+    return resume_pipeline(Path(run_dir), model=model, metric=metric, reporter=reporter, use_cache=cache)
 
 
 def bench(path: str | Path, *, threads: int = 2, batch: int = 1, warmup: int = 10, runs: int = 50,

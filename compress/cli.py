@@ -105,17 +105,27 @@ def _show_report(report: dict) -> None:
 
 @app.command()
 @_guard
-def run(recipe: Path = typer.Argument(..., help="recipe .yaml"),
-        out_dir: Path = typer.Option(Path("runs"), "--out", help="folder for run folders"),
+def run(recipe: Optional[Path] = typer.Argument(None, help="recipe .yaml"),
+        out_dir: Path = typer.Option(Path("runs"), "--out", help="folder for run folders (and the stage cache, .cache/)"),
+        resume: Optional[Path] = typer.Option(None, "--resume", help="continue this killed run folder"),
+        no_cache: bool = typer.Option(False, "--no-cache", help="recompute every stage"),
         as_json: bool = typer.Option(False, "--json", help="print report.json to stdout"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output")):
     """Run a recipe: baseline, every stage validated, gates, report."""
+    from . import resume as api_resume
     from . import run as api_run
+    from .errors import InputError
 
+    if (recipe is None) == (resume is None):
+        raise InputError("give a recipe file, or --resume <run folder>, not both")
     # Backends draw progress bars on stdout; keep stdout for the result (and pure JSON with --json).
     sink = open(os.devnull, "w") if quiet else sys.stderr
+    reporter = ConsoleReporter(quiet or as_json)
     with contextlib.redirect_stdout(sink):
-        result = api_run(recipe, out=out_dir, reporter=ConsoleReporter(quiet or as_json))
+        if resume is not None:
+            result = api_resume(resume, reporter=reporter, cache=not no_cache)
+        else:
+            result = api_run(recipe, out=out_dir, reporter=reporter, cache=not no_cache)
     if as_json:
         _print_json(result.report)
     elif not quiet:

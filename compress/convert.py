@@ -70,10 +70,33 @@ def to_openvino(artifact: Artifact, spec: ModelSpec):
     return model
 
 
+def _stable_names(model) -> None:
+    """OpenVINO names ops `<Type>_<n>` from a process-wide counter (and derives names such as
+    `Multiply_3256/fq_weights_1` from them), so the same model saved twice in one process differs
+    in its .xml. Renumber every such counter per model, in op order: same model, same bytes."""
+    import re
+
+    counter = re.compile(r"(?<=_)(\d{2,})(?=$|[/:.])")
+    mapping: dict[str, str] = {}
+
+    def renumber(name: str) -> str:
+        return counter.sub(lambda m: mapping.setdefault(m.group(1), f"c{len(mapping)}"), name)
+
+    model.set_friendly_name("compress")
+    keep = {name for port in list(model.inputs) + list(model.outputs) for name in port.get_names()}
+    for op in model.get_ordered_ops():
+        op.set_friendly_name(renumber(op.get_friendly_name()))
+        for output in op.outputs():
+            names = output.get_names()
+            if names and not names & keep:
+                output.set_names({renumber(n) for n in names})
+
+
 def save_openvino(model, path: Path, stamp: dict) -> OpenVinoModel:
     """Serialize IR (weights kept at their precision) with the compress stamp in rt_info."""
     import openvino as ov
 
+    _stable_names(model)
     model.set_rt_info(json.dumps(stamp, default=str), ["compress", "stamp"])
     ov.save_model(model, str(path), compress_to_fp16=False)
     return OpenVinoModel(path=path)

@@ -1,14 +1,24 @@
-"""Atomic writes: a file or a folder appears under its final name only when it is complete."""
+"""Atomic writes: a file or a folder appears under its final name only when it is complete.
+
+A write that fails (disk full, a path that cannot be created) is an InputError naming the path;
+the temporary file or folder is removed, so nothing half-written is left under a final name.
+"""
 from __future__ import annotations
 
 import json
 import os
 import shutil
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Iterator
 
 from .errors import InputError
+
+HINT = "Check free space and permissions."
+
+
+def _write_error(path: Path, exc: OSError) -> InputError:
+    return InputError(f"cannot write {path}: {exc.strerror or exc}", hint=HINT)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -20,8 +30,9 @@ def atomic_write_text(path: Path, text: str) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}", hint="Check free space and permissions.") from None
+        with suppress(OSError):   # e.g. the parent is not a folder
+            tmp.unlink(missing_ok=True)
+        raise _write_error(path, exc) from None
 
 
 def atomic_write_json(path: Path, data) -> None:
@@ -33,12 +44,19 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling folder; rename it to `final` only if the block succeeds."""
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as exc:
+        raise _write_error(final, exc) from None
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    try:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(final, exc) from None

@@ -10,6 +10,7 @@ from typing import Callable
 
 import yaml
 
+from . import cache
 from . import report as report_mod
 from .artifacts import Artifact, OnnxModel, OpenVinoModel, TorchModel
 from .convert import save_openvino, to_openvino, torch_to_onnx
@@ -139,8 +140,12 @@ def _param_count(artifact: Artifact) -> int | None:
 
 
 class _Runner:
-    def __init__(self, the_plan: Plan, out_dir: Path, *, model=None, metric=None, reporter: Reporter | None = None):
+    def __init__(self, the_plan: Plan, out_dir: Path, *, model=None, metric=None, reporter: Reporter | None = None,
+                 resume_dir: Path | None = None, use_cache: bool = True):
         self.plan = the_plan
+        self.resume_dir = resume_dir
+        self.use_cache = use_cache
+        self.cache_root = out_dir / ".cache"
         self.user_metric = metric
         self.recipe = the_plan.recipe
         self.out_dir = out_dir
@@ -212,7 +217,7 @@ class _Runner:
         atomic_write_json(self.run_dir / "run.json", {
             "schema_version": SCHEMA_VERSION, "status": status, "recipe": self.recipe.name,
             "started": self.started, "updated": datetime.now().isoformat(timespec="seconds"),
-            "stages": stages_status, **extra})
+            **self.run_info, "stages": stages_status, **extra})
 
     # -- the run
     def run(self) -> RunResult:
@@ -244,10 +249,15 @@ class _Runner:
 
         self.machine = machine_info()
         self.started = datetime.now().isoformat(timespec="seconds")
-        self.run_dir = self._make_run_dir()
-        atomic_write_text(self.run_dir / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+        self.run_info = {"base_dir": str(self.plan.base_dir), "out_dir": str(self.out_dir.resolve()),
+                         "resumable": self.user_model is None and self.user_metric is None}
         stages_status = [{"name": s.name, "status": "pending"} for s in self.plan.stages]
-        self._status(stages_status, "running")
+        if self.resume_dir is not None:
+            self.run_dir = self.resume_dir
+            cache.clean_stale_temps(self.run_dir)
+            self._write_run_files(stages_status)
+        else:
+            self._make_run_dir(stages_status)
         try:
             report = self._run_stages(stages_status, data_notes)
         except BaseException as exc:
@@ -261,21 +271,54 @@ class _Runner:
         self._status(stages_status, "done", passed=report["passed"])
         return RunResult(self.run_dir, report, report["passed"], report["gates"])
 
-    def _make_run_dir(self) -> Path:
+    def _stage_key(self, planned: PlannedStage, artifact: Artifact, input_id: str | None, versions: dict) -> str | None:
+        """Hash of everything the stage's output depends on; None when the input cannot be hashed."""
+        if input_id is None:
+            return None
+        recipe = self.recipe
+        return cache.digest({
+            "input": input_id, "input_kind": artifact.kind, "stage": planned.config.model_dump(mode="json"),
+            "target": planned.target.model_dump(mode="json") if planned.target else None,
+            "data": cache.data_identity(recipe.data.calibration, recipe.data.transform, recipe.data.batch_size,
+                                        self.plan.base_dir),
+            "seed": recipe.seed, "versions": versions,
+            "vnni": self.machine.get("vnni"),
+        })
+
+    def _reuse(self, stage_dir: Path, key: str | None) -> tuple[tuple | None, str | None]:
+        """A finished stage for `key`: in this run folder (resume), or in the cache."""
+        if key is None:
+            return None, None
+        found = cache.read_stage(stage_dir, key)
+        if found is not None:
+            return found, "resumed"
+        if self.use_cache and cache.fetch(self.cache_root, key, stage_dir):
+            return cache.read_stage(stage_dir, key), "cache"
+        return None, None
+
+    def _make_run_dir(self, stages_status: list[dict]) -> Path:
+        """A new run folder that appears with its recipe.yaml and run.json already inside."""
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             for n in range(1000):
                 path = self.out_dir / (f"{self.recipe.name}-{stamp}" + (f"-{n}" if n else ""))
-                try:
-                    path.mkdir()
-                    return path
-                except FileExistsError:
+                if path.exists():
                     continue
+                with atomic_dir(path) as tmp:
+                    self.run_dir = tmp
+                    self._write_run_files(stages_status)
+                self.run_dir = path
+                return path
         except OSError as exc:
             raise InputError(f"cannot create the run folder under {self.out_dir}: {exc.strerror or exc}",
                              hint="Pass a writable folder with --out.") from None
         raise InputError(f"cannot find a free run folder name under {self.out_dir}")
+
+    def _write_run_files(self, stages_status: list[dict]) -> None:
+        atomic_write_text(self.run_dir / "recipe.yaml",
+                          yaml.safe_dump(self.recipe.model_dump(mode="json"), sort_keys=False))
+        self._status(stages_status, "running")
 
     def _run_stages(self, stages_status: list[dict], data_notes: list[str]) -> dict:
         recipe = self.recipe
@@ -294,6 +337,7 @@ class _Runner:
         self.baselines[self.reference.runtime] = ref_record
 
         artifact = self.reference
+        input_id = cache.model_identity(recipe.model, self.plan.base_dir, recipe.seed, self.user_model)
         records = []
         for planned, status in zip(self.plan.stages, stages_status):
             status["status"] = "running"
@@ -304,18 +348,31 @@ class _Runner:
             ctx = StageContext(recipe=recipe, base_dir=self.plan.base_dir, spec=self.spec,
                                calibration=self.calibration, machine=self.machine, where=planned.where,
                                target=planned.target, reference=self.reference, log=self.reporter.log)
-            ctx.details["stamp"] = {"recipe": recipe.name, "stage": planned.name, "config": planned.config.model_dump(mode="json"),
-                                    "versions": versions}
+            key = self._stage_key(planned, artifact, input_id, versions)
             started = time.perf_counter()
-            with atomic_dir(stage_dir) as tmp:
-                ctx.out_dir = tmp
-                output = handler_for(planned.config).run(planned.config, artifact, ctx)
-                if not isinstance(output, planned.output_type):
-                    raise StageError(f"stage {planned.name} returned {output.kind}, expected {planned.output_type.kind}")
-            if output.path is not None and output.path.is_relative_to(tmp):
-                output.path = stage_dir / output.path.relative_to(tmp)
+            output, reused = self._reuse(stage_dir, key)
+            if output is not None:
+                ctx.details = output[1]
+                output = output[0]
+                self.reporter.log(f"{planned.name}: reused ({reused})")
+            else:
+                reused = None
+                ctx.details["stamp"] = {"recipe": recipe.name, "stage": planned.name,
+                                        "config": planned.config.model_dump(mode="json"), "versions": versions}
+                with atomic_dir(stage_dir) as tmp:
+                    ctx.out_dir = tmp
+                    output = handler_for(planned.config).run(planned.config, artifact, ctx)
+                    if not isinstance(output, planned.output_type):
+                        raise StageError(f"stage {planned.name} returned {output.kind}, expected {planned.output_type.kind}")
+                    ctx.details.pop("stamp")
+                    if key is not None and output.path is not None:
+                        cache.write_stage_file(tmp, key, output, ctx.details)
+                if output.path is not None and output.path.is_relative_to(tmp):
+                    output.path = stage_dir / output.path.relative_to(tmp)
+                if key is not None and self.use_cache:
+                    cache.store(self.cache_root, key, stage_dir)
             duration = time.perf_counter() - started
-            ctx.details.pop("stamp")
+            input_id = cache.artifact_identity(output) if key is not None else None
             self.params = _param_count(output) or self.params
 
             baseline = self._baseline(output.runtime)
@@ -327,7 +384,7 @@ class _Runner:
             record.update({
                 "name": planned.name, "type": planned.config.type, "where": planned.where,
                 "config": planned.config.model_dump(mode="json"), "details": ctx.details,
-                "duration_s": round(duration, 2), "notes": list(output.notes),
+                "duration_s": round(duration, 2), "notes": list(output.notes), "cached": reused, "key": key,
                 "primary": {"name": pname, "value": pvalue, "delta": pvalue - ref_primary,
                             "higher_is_better": self.higher_is_better},
                 "speedup": {
@@ -404,6 +461,29 @@ def load_metric(cfg: MetricConfig, base_dir: Path, override=None) -> UserMetric 
 
 
 def run(recipe: Recipe, *, base_dir: Path, out_dir: Path, model=None, metric=None,
-        reporter: Reporter | None = None) -> RunResult:
+        reporter: Reporter | None = None, use_cache: bool = True) -> RunResult:
     the_plan = plan(recipe, base_dir, in_memory_model=model is not None)
-    return _Runner(the_plan, out_dir, model=model, metric=metric, reporter=reporter).run()
+    return _Runner(the_plan, out_dir, model=model, metric=metric, reporter=reporter, use_cache=use_cache).run()
+
+
+def resume(run_dir: Path, *, model=None, metric=None, reporter: Reporter | None = None,
+           use_cache: bool = True) -> RunResult:
+    """Continue a killed or failed run in its own folder; finished stages are reused, not recomputed."""
+    import json
+
+    from .recipe import parse_recipe
+
+    status_file = Path(run_dir) / "run.json"
+    try:
+        info = json.loads(status_file.read_text())
+        data = yaml.safe_load((Path(run_dir) / "recipe.yaml").read_text())
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise InputError(f"{run_dir} is not a run folder that can be resumed ({exc})",
+                         hint="Pass the folder `compress run` created, e.g. runs/<name>-<timestamp>.") from None
+    if not info.get("resumable", True) and model is None:
+        raise InputError(f"{run_dir} was run with an in-memory model or metric; resume it from Python with the same objects")
+    recipe = parse_recipe(data, source=str(Path(run_dir) / "recipe.yaml"))
+    base_dir = Path(info["base_dir"])
+    the_plan = plan(recipe, base_dir, in_memory_model=model is not None)
+    return _Runner(the_plan, Path(info.get("out_dir", Path(run_dir).parent)), model=model, metric=metric,
+                   reporter=reporter, resume_dir=Path(run_dir), use_cache=use_cache).run()

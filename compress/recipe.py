@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import RecipeError
 
 MAX_SAMPLES = 10_000_000
+MAX_INPUT_ELEMENTS = 2**31 - 1   # one batch of one input; more is a typo, not a model
+MAX_SEED = 2**32 - 1
 DTYPES = ("float32", "float16", "int64", "int32", "uint8", "bool")
 
 
@@ -27,6 +29,14 @@ class InputSpec(Strict):
     name: str = "input"
     shape: list[Annotated[int, Field(ge=1, le=1_000_000)]] = Field(min_length=1, max_length=8)
     dtype: Literal[DTYPES] = "float32"  # type: ignore[valid-type]
+
+    @field_validator("shape")
+    @classmethod
+    def _not_absurd(cls, shape: list[int]) -> list[int]:
+        if math.prod(shape) > MAX_INPUT_ELEMENTS:
+            raise ValueError(f"{shape} is {math.prod(shape):,} elements per batch; the limit is "
+                             f"{MAX_INPUT_ELEMENTS:,} (2^31 - 1)")
+        return shape
 
 
 class ModelConfig(Strict):
@@ -218,7 +228,7 @@ class MetricConfig(Strict):
 
 class Recipe(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,80}$")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     model: ModelConfig
     data: DataConfig
     stages: list[StageConfig] = Field(min_length=1)
@@ -316,20 +326,64 @@ def parse_recipe(data: Any, *, source: str = "<recipe>", node: yaml.Node | None 
         raise RecipeError(f"{path}: {_message(err)}{more}", where=where, hint=_hint(err, path)) from None
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping names the same key twice (PyYAML would silently keep the last value)."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys in a mapping (merge keys `<<` may still be overridden)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    seen = key in first_line
+                except TypeError:
+                    continue  # unhashable: the base class reports it
+                if seen:
+                    raise DuplicateKeyError(None, None, f"duplicate key {key!r} (first on line {first_line[key]})",
+                                            key_node.start_mark)
+                first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def _parse_yaml(text: str) -> tuple[Any, yaml.Node | None]:
+    """The document and its node tree (for line numbers), from one parse."""
+    loader = UniqueKeyLoader(text)
+    try:
+        node = loader.get_single_node()
+        return (loader.construct_document(node) if node is not None else None), node
+    finally:
+        loader.dispose()
+
+
 def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"recipe file not found: {path}", hint="Check the path, or start from recipes/quickstart.yaml.")
+    try:
+        found = path.is_file()
+    except (OSError, ValueError):   # e.g. a name too long for the file system
+        found = False
+    if not found:
+        raise RecipeError(f"recipe file not found: {str(path)[:300]}",
+                          hint="Check the path, or start from recipes/quickstart.yaml.")
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError(f"cannot read the recipe: {exc}", where=str(path)) from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data, node = _parse_yaml(text)
+    except DuplicateKeyError as exc:
+        raise RecipeError(f"{exc.problem} in the YAML", where=f"{path}:{exc.problem_mark.line + 1}",
+                          hint="Each key may appear once in a mapping; remove or merge the repeated one.") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise RecipeError(f"YAML syntax error: {problem}", where=where) from None
+    except RecursionError:
+        raise RecipeError("the YAML is nested too deeply to be a recipe", where=str(path)) from None
     return parse_recipe(data, source=str(path), node=node)

@@ -51,7 +51,11 @@ def _load_file(path: Path) -> Target:
     try:
         data = yaml.safe_load(path.read_text())
         return Target.model_validate(data)
-    except (OSError, yaml.YAMLError, ValidationError) as exc:
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(map(str, err["loc"])) or "(top level)"
+        raise RecipeError(f"target file is invalid: {loc}: {err['msg']}", where=str(path)) from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise RecipeError(f"target file is invalid: {first}", where=str(path)) from None
 
@@ -67,8 +71,12 @@ def builtin_targets() -> dict[str, Target]:
 def resolve_target(name: str, *, base_dir: Path, where: str) -> Target:
     """A built-in target by name, or a user's target file by path (relative to the recipe)."""
     if name.endswith((".yaml", ".yml")):
-        path = (base_dir / name).resolve()
-        if not path.is_file():
+        try:
+            path = (base_dir / name).resolve()
+            found = path.is_file()
+        except (OSError, ValueError) as exc:   # a NUL byte, a name too long for the file system
+            raise RecipeError(f"target file {name[:200]!r} is not a usable path: {exc}", where=where) from None
+        if not found:
             raise RecipeError(f"target file {path} does not exist", where=where)
         return _load_file(path)
     targets = builtin_targets()

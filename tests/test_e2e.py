@@ -51,7 +51,7 @@ def test_quickstart_runs_and_passes_its_gates(quickstart):
 
 def test_quickstart_run_folder_is_complete_and_hashed(quickstart):
     _, out = quickstart
-    (run_dir,) = list(out.iterdir())
+    (run_dir,) = [p for p in out.iterdir() if not p.name.startswith(".")]
     status = json.loads((run_dir / "run.json").read_text())
     assert status["status"] == "done" and all(s["status"] == "done" for s in status["stages"])
     report = json.loads((run_dir / "report.json").read_text())
@@ -68,7 +68,7 @@ def test_quickstart_run_folder_is_complete_and_hashed(quickstart):
 
 def test_inspect_prints_a_finished_run(quickstart):
     _, out = quickstart
-    (run_dir,) = list(out.iterdir())
+    (run_dir,) = [p for p in out.iterdir() if not p.name.startswith(".")]
     result = cli("inspect", run_dir, "--json")
     assert result.returncode == 0 and json.loads(result.stdout)["name"] == "fashion-cnn-openvino-int8"
     assert "PASSED" in cli("inspect", run_dir).stdout
@@ -88,7 +88,7 @@ def test_gate_failure_exits_3_and_names_the_gate(tmp):
     result = cli("run", write_recipe(tmp, recipe), "--out", tmp / "runs", "--quiet")
     assert result.returncode == 3
     assert "min_speedup" in result.stderr and "required 1000.0x" in result.stderr
-    (run_dir,) = list((tmp / "runs").iterdir())
+    (run_dir,) = [p for p in (tmp / "runs").iterdir() if not p.name.startswith(".")]
     report = json.loads((run_dir / "report.json").read_text())
     assert report["passed"] is False and json.loads((run_dir / "run.json").read_text())["status"] == "done"
 

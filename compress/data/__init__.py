@@ -148,8 +148,10 @@ class ImageFolderDataset(Dataset):
                     left, top = (w - c) // 2, (h - c) // 2
                     img = img.crop((left, top, left + c, top + c))
                 array = np.asarray(img, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"cannot read image {path}: {exc}", where=self.where) from None
+        except (DataError, MemoryError):
+            raise
+        except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError... on bad files
+            raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}", where=self.where) from None
         array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
         if array.shape != (channels, height, width):
             raise DataError(f"image {path.name} becomes {list(array.shape)} after the transform, "
@@ -261,6 +263,9 @@ def _check_sample_shapes(arrays: dict[str, np.ndarray], spec: ModelSpec, where: 
         if array.ndim != len(s.shape) or list(array.shape[1:]) != list(s.shape[1:]):
             raise DataError(f"samples of '{s.name}' have shape {list(array.shape[1:])} but the model input is "
                             f"{list(s.shape[1:])} (after the batch dimension)", where=where)
+        if array.dtype.kind not in "biuf":
+            raise DataError(f"input '{s.name}' holds {array.dtype} values; numbers (bool, int, uint or float) are "
+                            "needed", where=where)
         if np.dtype(s.dtype).kind != "f" and array.dtype.kind == "f":
             raise DataError(f"input '{s.name}' is {s.dtype} in the recipe but the data holds {array.dtype}", where=where)
         lengths.add(array.shape[0])
@@ -280,6 +285,23 @@ def _check_labels(labels: np.ndarray, count: int, where: str) -> np.ndarray:
     return labels
 
 
+def _unreadable(path: Path, exc: Exception, where: str) -> DataError:
+    """numpy raises many kinds of errors on damaged files (ValueError, EOFError, BadZipFile, zlib.error...)."""
+    if isinstance(exc, MemoryError):
+        return DataError(f"{path} does not fit in memory", where=where, hint="Use a memory-mapped .npy file.")
+    return DataError(f"cannot read {path}: {type(exc).__name__}: {str(exc)[:300]}", where=where)
+
+
+def _npz_member(archive, key: str, path: Path, where: str) -> np.ndarray:
+    try:
+        value = archive[key]   # read (and decompressed) here
+    except Exception as exc:
+        raise _unreadable(path, exc, f"{where} (array '{key}')") from None
+    if not isinstance(value, np.ndarray):   # numpy hands back raw bytes for a member that is not a .npy
+        raise DataError(f"cannot read {path}: member '{key}' is not a .npy array", where=where)
+    return value
+
+
 def _open_arrays(path: Path, src: DataSource, spec: ModelSpec, base_dir: Path, where: str):
     try:
         if path.suffix == ".npz":
@@ -288,8 +310,8 @@ def _open_arrays(path: Path, src: DataSource, spec: ModelSpec, base_dir: Path, w
         else:
             archive = None
             array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"cannot read {path}: {exc}", where=where) from None
+    except Exception as exc:
+        raise _unreadable(path, exc, where) from None
     arrays: dict[str, np.ndarray] = {}
     labels = None
     if archive is not None:
@@ -300,19 +322,24 @@ def _open_arrays(path: Path, src: DataSource, spec: ModelSpec, base_dir: Path, w
             if key is None:
                 raise DataError(f"{path.name} has no array for input '{s.name}' (arrays: {keys})", where=where,
                                 hint="Name the array after the input, or 'x' for a single input.")
-            arrays[s.name] = archive[key]
+            arrays[s.name] = _npz_member(archive, key, path, where)
         label_key = next((k for k in ("y", "labels") if k in keys), None)
-        labels = archive[label_key] if label_key else None
+        labels = _npz_member(archive, label_key, path, where) if label_key else None
     else:
         if len(spec.inputs) != 1:
             raise DataError("a .npy file holds one array; use an .npz with one array per input name", where=where)
         arrays[spec.inputs[0].name] = array
         if src.labels is not None:
-            label_path = resolve_path(src.labels, base_dir)
+            label_path = resolve_path(src.labels, base_dir, where=f"{where}.labels")
             try:
                 labels = np.load(label_path, allow_pickle=False)
-            except (OSError, ValueError) as exc:
-                raise DataError(f"cannot read labels {label_path}: {exc}", where=f"{where}.labels") from None
+            except Exception as exc:
+                raise DataError(f"cannot read labels {label_path}: {type(exc).__name__}: {str(exc)[:300]}",
+                                where=f"{where}.labels") from None
+            if not isinstance(labels, np.ndarray):
+                labels.close()
+                raise DataError(f"labels {label_path.name} must be a .npy file holding one integer array",
+                                where=f"{where}.labels")
     count = _check_sample_shapes(arrays, spec, where)
     for start in range(0, count, 4096):  # in chunks: .npy files stay memory-mapped
         _check_finite({name: np.asarray(a[start:start + 4096]) for name, a in arrays.items()}, where)
@@ -344,7 +371,7 @@ def open_dataset(src: DataSource, transform: Transform, spec: ModelSpec, *, base
             raise DataError(f"{src.factory} is not callable", where=f"{where}.factory")
         return PythonDataset(where=where, spec=spec, transform=transform, indices=np.arange(0), has_labels=False,
                              total=0, factory=factory, kwargs=dict(src.kwargs), cap=src.samples, ref=src.factory)
-    path = resolve_path(src.path, base_dir)
+    path = resolve_path(src.path, base_dir, where=f"{where}.path")
     if not path.exists():
         raise DataError(f"{path} does not exist", where=f"{where}.path", hint="Paths are relative to the recipe file.")
     common = dict(where=where, spec=spec, transform=transform)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import Artifact, OnnxModel, TorchModel
-from ..errors import ModelError
+from ..errors import InputError, ModelError
 from ..recipe import InputSpec, ModelConfig
 
 
@@ -43,15 +43,21 @@ class ModelSpec:
         return feeds
 
 
-def resolve_path(value: str, base_dir: Path) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else (base_dir / path).resolve()
+def resolve_path(value: str, base_dir: Path, *, where: str | None = None) -> Path:
+    """`value` relative to `base_dir` (`~` expanded); a path the OS cannot take is an InputError."""
+    try:
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() else (base_dir / path).resolve()
+        path.exists()   # raises for names the file system refuses (too long, ...)
+    except (OSError, ValueError, RuntimeError) as exc:   # RuntimeError: `~user` with no such user
+        raise InputError(f"{value[:200]!r} is not a usable path: {exc}", where=where) from None
+    return path
 
 
 def import_callable(ref: str, base_dir: Path, *, where: str, error=ModelError) -> Any:
     """`path/to/file.py:name` -> the object. Only the file the recipe names is imported."""
     file_part, _, attr = ref.rpartition(":")
-    path = resolve_path(file_part, base_dir)
+    path = resolve_path(file_part, base_dir, where=where)
     if not path.is_file():
         raise error(f"file {path} does not exist", where=where, hint="Paths are relative to the recipe file.")
     module_name = f"compress_user_{abs(hash(str(path)))}"
@@ -63,7 +69,7 @@ def import_callable(ref: str, base_dir: Path, *, where: str, error=ModelError) -
     sys.path.insert(0, str(path.parent))
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:  # the user's file raised while importing
+    except (Exception, SystemExit) as exc:  # the user's file raised (or called exit) while importing
         raise error(f"importing {path} failed: {type(exc).__name__}: {exc}", where=where) from None
     finally:
         sys.path.remove(str(path.parent))
@@ -99,7 +105,14 @@ def _load_state_dict(module, path: Path, where: str) -> None:
         keys = list(state)[:5] if isinstance(state, dict) else type(state).__name__
         raise ModelError(f"{path} is not a state_dict (a flat mapping of names to tensors); found {keys}",
                          where=where, hint="Save it with torch.save(model.state_dict(), path).")
-    result = module.load_state_dict(state, strict=False)
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:   # tensors of the wrong shape
+        first = str(exc).strip().splitlines()
+        detail = next((line.strip() for line in first if "size mismatch" in line), first[0] if first else "")
+        raise ModelError(f"{path} does not match the model: {detail[:300]}", where=where,
+                         hint="Check that the factory (and its kwargs) build the architecture the checkpoint was "
+                              "saved from.") from None
     if result.missing_keys or result.unexpected_keys:
         parts = []
         if result.missing_keys:
@@ -169,13 +182,13 @@ def _load_torch(cfg: ModelConfig, base_dir: Path, seed: int) -> tuple[TorchModel
         factory = import_callable(cfg.factory, base_dir, where="model.factory")
         try:
             module = factory(**cfg.kwargs)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise ModelError(f"calling {cfg.factory} failed: {type(exc).__name__}: {exc}", where="model.factory") from None
         if not isinstance(module, torch.nn.Module):
             raise ModelError(f"{cfg.factory} returned {type(module).__name__}, not a torch.nn.Module",
                              where="model.factory")
     if cfg.weights is not None:
-        _load_state_dict(module, resolve_path(cfg.weights, base_dir), "model.weights")
+        _load_state_dict(module, resolve_path(cfg.weights, base_dir, where="model.weights"), "model.weights")
     else:
         notes.append("no weights file: the model has random initial weights, so task metrics are not meaningful")
     module = module.eval().float()
@@ -189,6 +202,8 @@ def _load_torch(cfg: ModelConfig, base_dir: Path, seed: int) -> tuple[TorchModel
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"the model does not accept the recipe's input ({shapes}): {first}",
                          where="model.input", hint="Set model.input.shape (batch first) and dtype to what the model takes.") from None
+    if not outs:
+        raise ModelError("the model returned no tensors", where="model.factory")
     spec.outputs = _output_names(cfg, names, len(outs))
     spec.output_shapes = [list(o.shape) for o in outs]
     return TorchModel(path=None, module=module, notes=notes), spec
@@ -197,7 +212,10 @@ def _load_torch(cfg: ModelConfig, base_dir: Path, seed: int) -> tuple[TorchModel
 def _onnx_dtype_name(elem_type: int) -> str:
     import onnx
 
-    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name
+    except (KeyError, TypeError, ValueError):   # 0 (undefined), or a non-tensor input
+        return f"ONNX element type {elem_type}"
 
 
 def check_onnx_file(path: Path, where: str):
@@ -216,7 +234,7 @@ def check_onnx_file(path: Path, where: str):
 
 
 def _load_onnx(cfg: ModelConfig, base_dir: Path) -> tuple[OnnxModel, ModelSpec]:
-    path = resolve_path(cfg.path, base_dir)
+    path = resolve_path(cfg.path, base_dir, where="model.path")
     proto = check_onnx_file(path, "model.path")
     initializers = {init.name for init in proto.graph.initializer}
     graph_inputs = [i for i in proto.graph.input if i.name not in initializers]
