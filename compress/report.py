@@ -40,7 +40,7 @@ def rows(report: dict) -> list[dict]:
                     "p99": _fmt(base["latency"]["p99_ms"], 3), "speedup": "1.00x",
                     "size": _fmt(base["artifact"].get("size_mb"), 3), "params": base.get("params")})
     for stage in report["stages"]:
-        out.append({"stage": stage["name"], "artifact": stage["artifact"]["type"], "runtime": stage["runtime"],
+        out.append({"stage": stage["name"] + (" (cached)" if stage.get("cached") else ""), "artifact": stage["artifact"]["type"], "runtime": stage["runtime"],
                     "precision": stage["artifact"]["precision"], "metric": _metric_cell(stage),
                     "delta": f"{stage['primary']['delta']:+.2f}", "agreement": _agreement_cell(stage),
                     "p50": _fmt(stage["latency"]["p50_ms"], 3), "p99": _fmt(stage["latency"]["p99_ms"], 3),
@@ -76,6 +76,9 @@ def markdown(report: dict) -> str:
         lines.append("")
     notes = list(report["model"]["notes"]) + list(report.get("data_notes", []))
     for stage in report["stages"]:
+        if stage.get("cached"):
+            how = "reused from the stage cache" if stage["cached"] == "cache" else "reused from this run folder (resumed)"
+            notes.append(f"{stage['name']}: {how}; key {stage['key'][:12]}; validation ran again")
         notes += [f"{stage['name']}: {n}" for n in stage["notes"]]
         d = stage["details"]
         if "scheme" in d:
