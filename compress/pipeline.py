@@ -8,6 +8,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import yaml
 
 from . import cache
@@ -22,8 +23,8 @@ from .recipe import CompileConfig, MetricConfig, Recipe
 from .runtimes import open_session
 from .stages import StageContext, handler_for, output_type
 from .targets import Target, resolve_target
-from .validation import (EvalResult, UserMetric, default_primary, evaluate, latency_feeds, machine_info, measure_latency,
-                       primary_metric)
+from .validation import (EvalResult, UserMetric, default_primary, evaluate, latency_feeds, machine_info,
+                         measure_latency, paired_latency, primary_metric)
 
 SCHEMA_VERSION = 1
 LIBRARIES = ("compress", "torch", "torchvision", "onnx", "onnxruntime", "openvino", "nncf", "numpy",
@@ -154,11 +155,12 @@ class _Runner:
         self.baselines: dict[str, dict] = {}
         self.baseline_artifacts: dict[str, Artifact] = {}
         self.reference_outputs = None
+        self.latency_sessions: dict = {}   # baseline label -> its open latency session, for paired timing
         self.params = None   # of the latest model in the chain that has countable parameters
 
     # -- helpers
     def _validate(self, artifact: Artifact, label: str, *, collect: bool = False,
-                  inference_precision: str | None = None) -> tuple[dict, EvalResult]:
+                  inference_precision: str | None = None, paired_with: str | None = None) -> tuple[dict, EvalResult]:
         threads, batch = self.plan.threads, self.plan.batch
         session = open_session(artifact, threads=threads, inference_precision=inference_precision)
         self.reporter.log(f"{label}: evaluating on {len(self.eval)} samples ({session.runtime})")
@@ -168,8 +170,15 @@ class _Runner:
         latency_session = open_session(artifact, threads=threads, static_batch=batch,
                                        inference_precision=inference_precision)
         self.reporter.log(f"{label}: timing batch {batch}, {threads} threads")
-        latency = measure_latency(latency_session, latency_feeds(self.eval, batch),
-                                  warmup=self.recipe.latency.warmup, runs=self.recipe.latency.runs)
+        feeds = latency_feeds(self.eval, batch)
+        warmup, runs = self.recipe.latency.warmup, self.recipe.latency.runs
+        paired = None
+        if paired_with is None:
+            latency = measure_latency(latency_session, feeds, warmup=warmup, runs=runs)
+            self.latency_sessions[label] = latency_session
+        else:
+            latency, paired = paired_latency(latency_session, self.latency_sessions[paired_with], feeds,
+                                             warmup=warmup, runs=runs)
         record = {
             "runtime": session.runtime, "settings": latency_session.settings,
             "artifact": _artifact_info(artifact, self.run_dir) if artifact.path else
@@ -179,6 +188,8 @@ class _Runner:
             "metrics": result.metrics, "agreement": result.agreement, "samples": result.samples,
             "latency": latency,
         }
+        if paired is not None:
+            record["baseline_latency_paired"] = paired
         return record, result
 
     def _baseline(self, runtime: str) -> dict:
@@ -204,6 +215,7 @@ class _Runner:
         record, _ = self._validate(artifact, f"baseline {runtime}", inference_precision="f32"
                                    if runtime == "openvino" else None)
         record["name"] = f"fp32-{runtime}"
+        record["label"] = f"baseline {runtime}"
         name, value = self._primary(record)
         record["primary"] = {"name": name, "value": value}
         self.baselines[runtime] = record
@@ -327,7 +339,14 @@ class _Runner:
         self.reporter.step(f"FP32 reference on {self.reference.runtime}")
         ref_record, ref_result = self._validate(self.reference, "reference", collect=True)
         self.reference_outputs = ref_result.outputs
+        for i, name in enumerate(self.spec.outputs):
+            peak = max(float(np.abs(batch[i]).max()) if batch[i].size else 0.0 for batch in ref_result.outputs)
+            if peak < 1e-6:
+                self.reference.notes.append(
+                    f"the FP32 model's output '{name}' is near zero everywhere (max |x| {peak:.1e}): agreement "
+                    "with it is meaningless; is the model trained?")
         ref_record["name"] = f"fp32-{self.reference.runtime}"
+        ref_record["label"] = "reference"
         ref_record["agreement"] = {}
         user_names = [k for k in ref_result.metrics if k not in ("top1", "top5")]
         self.primary = recipe.metric.primary or (user_names[0] if self.metric is not None and user_names
@@ -378,7 +397,8 @@ class _Runner:
             baseline = self._baseline(output.runtime)
             self.reporter.step(f"validating {planned.name} on {output.runtime}")
             record, _ = self._validate(output, planned.name,
-                                       inference_precision=getattr(output, "inference_precision", None))
+                                       inference_precision=getattr(output, "inference_precision", None),
+                                       paired_with=baseline["label"])
             pname, pvalue = self._primary(record)
             ref_primary = ref_record["primary"]["value"]
             record.update({
@@ -388,7 +408,7 @@ class _Runner:
                 "primary": {"name": pname, "value": pvalue, "delta": pvalue - ref_primary,
                             "higher_is_better": self.higher_is_better},
                 "speedup": {
-                    "vs_fp32_same_runtime": baseline["latency"]["p50_ms"] / record["latency"]["p50_ms"],
+                    "vs_fp32_same_runtime": record["baseline_latency_paired"]["p50_ms"] / record["latency"]["p50_ms"],
                     "vs_reference": ref_record["latency"]["p50_ms"] / record["latency"]["p50_ms"],
                     "baseline": baseline["name"],
                 },
@@ -396,12 +416,13 @@ class _Runner:
             if output.precision == "int8" and record["speedup"]["vs_fp32_same_runtime"] <= 1.0:
                 record["notes"].append(
                     f"INT8 artifact is not faster than FP32 on {output.runtime} "
-                    f"({record['latency']['p50_ms']:.3f} ms vs {baseline['latency']['p50_ms']:.3f} ms p50)")
+                    f"({record['latency']['p50_ms']:.3f} ms vs {record['baseline_latency_paired']['p50_ms']:.3f} ms p50, "
+                    "timed in alternating rounds)")
             records.append(record)
             status["status"] = "done"
             artifact = output
 
-        gates = evaluate_gates(recipe, records[-1], ref_record)
+        gates = evaluate_gates(recipe, records[-1], ref_record, records)
         report = {
             "schema_version": SCHEMA_VERSION, "name": recipe.name, "run_dir": str(self.run_dir),
             "started": self.started, "finished": datetime.now().isoformat(timespec="seconds"),
@@ -424,10 +445,15 @@ class _Runner:
         return report
 
 
-def evaluate_gates(recipe: Recipe, final: dict, reference: dict) -> list[dict]:
-    """Gates judge the last stage's artifact: what ships."""
+def evaluate_gates(recipe: Recipe, final: dict, reference: dict, stages: list[dict] | None = None) -> list[dict]:
+    """Gates judge the last stage's artifact: what ships. A quantize stage that quantized nothing
+    always fails (the recipe asked for INT8 and did not get it)."""
     g = recipe.gates
     gates = []
+    for stage in stages or []:
+        if stage["type"] == "quantize" and stage["details"].get("quantize_ops") == 0:
+            gates.append({"gate": "quantized", "threshold": "> 0 quantized ops", "value": 0, "passed": False,
+                          "detail": f"stage {stage['name']} quantized no layer: {'; '.join(stage['notes'])}"})
     if g.max_accuracy_drop is not None:
         drop = reference["primary"]["value"] - final["primary"]["value"]
         if not final["primary"].get("higher_is_better", True):

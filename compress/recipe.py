@@ -137,7 +137,9 @@ class StageBase(Strict):
 
 class QuantizeConfig(StageBase):
     type: Literal["quantize"]
-    mode: Literal["static"] = "static"
+    mode: Literal["static", "dynamic"] = Field(
+        "static", description="static: INT8 activations from calibration; dynamic: INT8 weights, activations "
+                              "quantized at run time (no calibration)")
     backend: Literal["openvino", "onnxruntime"]
     method: Literal["minmax", "percentile", "entropy"] | None = Field(
         None, description="activation range estimation; default: the backend's own default"
@@ -154,6 +156,13 @@ class QuantizeConfig(StageBase):
 
     @model_validator(mode="after")
     def _check(self) -> "QuantizeConfig":
+        if self.mode == "dynamic":
+            for key, default in (("method", None), ("samples", None), ("preset", "performance")):
+                if getattr(self, key) != default:
+                    raise ValueError(f"'{key}' applies to mode static only: dynamic quantization needs no calibration")
+            if self.scheme not in ("auto", "u8s8", "u8s8_reduce_range"):
+                raise ValueError("mode dynamic takes scheme auto, u8s8 or u8s8_reduce_range (ORT quantizes "
+                                 "activations to uint8 at run time)")
         if self.backend == "openvino":
             if self.method == "entropy":
                 raise ValueError("method 'entropy' is not offered by NNCF; use minmax or percentile")
@@ -383,6 +392,9 @@ def load_recipe(path: str | Path) -> Recipe:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        context = getattr(exc, "context", None)
+        if context:   # e.g. "expected a single document in the stream", "while parsing a flow sequence"
+            problem = f"{context}, {problem}"
         raise RecipeError(f"YAML syntax error: {problem}", where=where) from None
     except RecursionError:
         raise RecipeError("the YAML is nested too deeply to be a recipe", where=str(path)) from None

@@ -67,7 +67,8 @@ def markdown(report: dict) -> str:
              "|" + "|".join("---" for _ in COLUMNS) + "|"]
     for row in rows(report):
         lines.append("| " + " | ".join(str(row[key]) if row[key] is not None else "–" for key, _ in COLUMNS) + " |")
-    lines += ["", "*speed-up: p50 latency of the FP32 baseline on the same runtime divided by this artifact's p50. "
+    lines += ["", "*speed-up: p50 latency of the FP32 baseline on the same runtime divided by this artifact's p50, "
+              "both timed in alternating rounds right after each other so machine noise hits both alike. "
               "Δ pts: change of the primary metric vs the FP32 reference, in points.", ""]
     if report["gates"]:
         lines += ["## Gates", "", "| gate | threshold | value | result | detail |", "|---|---|---|---|---|"]

@@ -284,23 +284,45 @@ def primary_metric(result: EvalResult, output_names: list[str], wanted: str) -> 
 
 
 # ---------------------------------------------------------------- latency
-def measure_latency(session: Session, feeds: dict[str, np.ndarray], *, warmup: int, runs: int) -> dict:
-    """Warm up, then time `runs` single calls. Milliseconds; threads come from the session."""
-    for _ in range(warmup):
-        session.run(feeds)
-    times = np.empty(runs)
-    for i in range(runs):
+def _time_calls(session: Session, feeds: dict[str, np.ndarray], count: int) -> list[float]:
+    times = []
+    for _ in range(count):
         start = time.perf_counter()
         session.run(feeds)
-        times[i] = time.perf_counter() - start
-    times *= 1000.0
+        times.append((time.perf_counter() - start) * 1000.0)
+    return times
+
+
+def _stats(times: list[float], session: Session, feeds: dict[str, np.ndarray], warmup: int) -> dict:
+    t = np.asarray(times)
     return {
-        "p50_ms": float(np.percentile(times, 50)), "p90_ms": float(np.percentile(times, 90)),
-        "p99_ms": float(np.percentile(times, 99)), "mean_ms": float(times.mean()),
-        "min_ms": float(times.min()), "runs": runs, "warmup": warmup,
+        "p50_ms": float(np.percentile(t, 50)), "p90_ms": float(np.percentile(t, 90)),
+        "p99_ms": float(np.percentile(t, 99)), "mean_ms": float(t.mean()),
+        "min_ms": float(t.min()), "runs": len(t), "warmup": warmup,
         "batch": int(next(iter(feeds.values())).shape[0]),
         "threads": session.settings.get("threads"),
     }
+
+
+def measure_latency(session: Session, feeds: dict[str, np.ndarray], *, warmup: int, runs: int) -> dict:
+    """Warm up, then time `runs` single calls. Milliseconds; threads come from the session."""
+    _time_calls(session, feeds, warmup)
+    return _stats(_time_calls(session, feeds, runs), session, feeds, warmup)
+
+
+def paired_latency(session: Session, baseline: Session, feeds: dict[str, np.ndarray], *, warmup: int, runs: int,
+                   rounds: int = 4) -> tuple[dict, dict]:
+    """Time an artifact and its baseline in alternating rounds, so machine noise hits both alike;
+    speed-ups come from these two figures."""
+    _time_calls(session, feeds, warmup)
+    _time_calls(baseline, feeds, warmup)
+    ours: list[float] = []
+    theirs: list[float] = []
+    per_round = max(1, -(-runs // rounds))
+    for _ in range(rounds):
+        ours += _time_calls(session, feeds, per_round)
+        theirs += _time_calls(baseline, feeds, per_round)
+    return _stats(ours, session, feeds, warmup), _stats(theirs, baseline, feeds, warmup)
 
 
 def latency_feeds(dataset: Dataset, batch: int) -> dict[str, np.ndarray]:

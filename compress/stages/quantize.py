@@ -73,8 +73,8 @@ def _quantize_nncf(cfg: QuantizeConfig, artifact, ctx: StageContext) -> OpenVino
     out = save_openvino(quantized, ctx.out_dir / "model.xml", ctx.details.get("stamp", {}))
     out.precision = "int8"
     ctx.details.update(backend="nncf", nncf=nncf.__version__, samples=count, preset=cfg.preset,
-                       method=cfg.method or "nncf default", fake_quantize_ops=count_ops(out, {"FakeQuantize"}))
-    if ctx.details["fake_quantize_ops"] == 0:
+                       method=cfg.method or "nncf default", quantize_ops=count_ops(out, {"FakeQuantize"}))
+    if ctx.details["quantize_ops"] == 0:
         out.precision = "fp32"
         out.notes.append("NNCF found no layer to quantize: the artifact stays FP32")
     return out
@@ -215,7 +215,75 @@ def _quantize_onnxruntime(cfg: QuantizeConfig, artifact: OnnxModel, ctx: StageCo
     return out
 
 
+# ---------------------------------------------------------------- dynamic (no calibration)
+def _dynamic_onnxruntime(cfg: QuantizeConfig, artifact: OnnxModel, ctx: StageContext) -> OnnxModel:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if artifact.precision != "fp32":
+        raise InputError(f"the model is already {artifact.precision}; quantize an FP32 model", where=ctx.where)
+    if cfg.scheme == "auto":
+        reduce_range = not ctx.machine.get("vnni")
+        reason = ("this CPU has VNNI: full-range U8S8" if not reduce_range else
+                  "this CPU lacks VNNI, where U8S8 can saturate (ORT docs): 7-bit weights (reduce_range)")
+    else:
+        reduce_range = cfg.scheme == "u8s8_reduce_range"
+        reason = "set in the recipe"
+    prepared = ctx.out_dir / "prepared.onnx"
+    path = ctx.out_dir / "model.onnx"
+    ctx.log(f"ORT quantize_dynamic ({'reduce_range' if reduce_range else 'full range'})")
+    try:
+        quant_pre_process(str(artifact.path), str(prepared), skip_symbolic_shape=False)
+        quantize_dynamic(str(prepared), str(path), weight_type=QuantType.QInt8, per_channel=cfg.per_channel,
+                         reduce_range=reduce_range, nodes_to_exclude=list(cfg.ignore) or None)
+    except CompressError:
+        raise
+    except Exception as exc:
+        raise StageError(f"ORT dynamic quantization failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
+    finally:
+        prepared.unlink(missing_ok=True)
+    stamp_onnx(path, ctx.details.get("stamp", {}))
+    out = OnnxModel(path=path, precision="int8")
+    ops = count_ops(out, {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul",
+                          "DynamicQuantizeLSTM", "QAttention"})
+    ctx.details.update(backend="onnxruntime", mode="dynamic", scheme="u8s8_reduce_range" if reduce_range else "u8s8",
+                       scheme_reason=reason, per_channel=cfg.per_channel, quantize_ops=ops)
+    if ops == 0:
+        out.precision = "fp32"
+        out.notes.append("ORT found no layer to quantize dynamically (MatMul, Gemm, Conv, LSTM, GRU, Attention): "
+                         "the artifact stays FP32")
+    return out
+
+
+def _dynamic_openvino(cfg: QuantizeConfig, artifact, ctx: StageContext) -> OpenVinoModel:
+    import nncf
+
+    if artifact.precision != "fp32":
+        raise InputError(f"the model is already {artifact.precision}; quantize an FP32 model", where=ctx.where)
+    model = to_openvino(artifact, ctx.spec)
+    ctx.log("NNCF INT8 weight compression (OpenVINO quantizes activations at run time)")
+    ignored = nncf.IgnoredScope(names=list(cfg.ignore)) if cfg.ignore else None
+    try:
+        compressed = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=ignored)
+    except nncf.ValidationError as exc:
+        raise InputError(f"NNCF rejected the settings: {str(exc).splitlines()[0][:300]}", where=ctx.where) from None
+    except Exception as exc:
+        raise StageError(f"NNCF weight compression failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
+    out = save_openvino(compressed, ctx.out_dir / "model.xml", ctx.details.get("stamp", {}))
+    from ..runtimes.openvino_runtime import core
+
+    int8_weights = sum(op.get_type_name() == "Constant" and op.get_element_type().get_type_name() in ("u8", "i8")
+                       for op in core().read_model(str(out.path)).get_ops())
+    out.precision = "int8" if int8_weights else "fp32"
+    ctx.details.update(backend="nncf", mode="dynamic", nncf=nncf.__version__, weight_compression="INT8_ASYM",
+                       quantize_ops=int8_weights)
+    if not int8_weights:
+        out.notes.append("NNCF found no weights to compress: the artifact stays FP32")
+    return out
+
+
 @register(QuantizeConfig, accepts=_accepts)
 def quantize(cfg: QuantizeConfig, artifact, ctx: StageContext):
-    backends = {"openvino": _quantize_nncf, "onnxruntime": _quantize_onnxruntime}
-    return backends[cfg.backend](cfg, artifact, ctx)
+    backends = {("static", "openvino"): _quantize_nncf, ("static", "onnxruntime"): _quantize_onnxruntime,
+                ("dynamic", "openvino"): _dynamic_openvino, ("dynamic", "onnxruntime"): _dynamic_onnxruntime}
+    return backends[cfg.mode, cfg.backend](cfg, artifact, ctx)
