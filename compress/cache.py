@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .artifacts import ARTIFACT_TYPES, Artifact, OpenVinoModel
+from .artifacts import ARTIFACT_TYPES, Artifact, OpenVinoModel, TorchModel
 from .fsutil import atomic_dir, atomic_write_json
 from .models import resolve_path
 from .recipe import DataSource, ModelConfig, Transform
@@ -91,8 +91,9 @@ def write_stage_file(folder: Path, key: str, artifact: Artifact, details: dict) 
         "details": details})
 
 
-def read_stage(folder: Path, key: str) -> tuple[Artifact, dict] | None:
-    """The finished stage in `folder` if its key matches, else None."""
+def read_stage(folder: Path, key: str, base=None) -> tuple[Artifact, dict] | None:
+    """The finished stage in `folder` if its key matches, else None. `base` (the unpruned torch
+    model) rebuilds torch artifacts from their state_dict and structure."""
     try:
         meta = json.loads((folder / STAGE_FILE).read_text())
     except (OSError, json.JSONDecodeError):
@@ -105,6 +106,12 @@ def read_stage(folder: Path, key: str) -> tuple[Artifact, dict] | None:
         artifact.inference_precision = meta["inference_precision"]
     if not all(p.is_file() for p in artifact.files()):
         return None
+    if isinstance(artifact, TorchModel):
+        if base is None:
+            return None
+        from .torchio import load_module
+
+        artifact.module = load_module(base, artifact.path)
     return artifact, meta.get("details", {})
 
 
@@ -131,9 +138,9 @@ def store(cache_root: Path, key: str, stage_dir: Path) -> None:
         _link_tree(stage_dir, tmp)
 
 
-def fetch(cache_root: Path, key: str, stage_dir: Path) -> bool:
+def fetch(cache_root: Path, key: str, stage_dir: Path, base=None) -> bool:
     entry = cache_root / key
-    if read_stage(entry, key) is None:
+    if read_stage(entry, key, base) is None:
         return False
     with atomic_dir(stage_dir) as tmp:
         _link_tree(entry, tmp)

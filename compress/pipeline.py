@@ -71,6 +71,11 @@ def plan(recipe: Recipe, base_dir: Path, *, in_memory_model: bool = False) -> Pl
     planned, counts, last_target, quantized_at = [], {}, None, None
     for i, cfg in enumerate(recipe.stages):
         where = f"stages[{i}]"
+        if cfg.type == "prune" and cfg.finetune is not None and recipe.data.train is None:
+            raise ChainError("fine-tuning needs training data", where=f"{where}.finetune",
+                             hint="Add data.train (same formats as calibration/eval).")
+        if cfg.type == "prune" and quantized_at is not None:
+            raise ChainError(f"prune before quantizing: {quantized_at} already quantized the model", where=where)
         if cfg.type == "quantize":
             if quantized_at is not None:
                 raise ChainError(f"the model is already quantized by {quantized_at}; quantize once",
@@ -157,6 +162,7 @@ class _Runner:
         self.reference_outputs = None
         self.latency_sessions: dict = {}   # baseline label -> its open latency session, for paired timing
         self.params = None   # of the latest model in the chain that has countable parameters
+        self.macs = None
 
     # -- helpers
     def _validate(self, artifact: Artifact, label: str, *, collect: bool = False,
@@ -185,6 +191,7 @@ class _Runner:
             {"type": artifact.kind, "runtime": artifact.runtime, "precision": artifact.precision, "path": None,
              "size_mb": None, "sha256": None},
             "params": _param_count(artifact) if isinstance(artifact, TorchModel) else self.params,
+            "macs": self._macs(artifact),
             "metrics": result.metrics, "agreement": result.agreement, "samples": result.samples,
             "latency": latency,
         }
@@ -247,6 +254,11 @@ class _Runner:
         else:
             self.eval = self.calibration
             data_notes.append("no eval set: metrics are measured on the calibration data")
+        self.train = None
+        if recipe.data.train is not None:
+            self.train = open_dataset(recipe.data.train, recipe.data.transform, self.spec, base_dir=base,
+                                      seed=recipe.seed, where="data.train")
+            data_notes += [f"train: {n}" for n in self.train.notes]
         if recipe.metric.primary in ("top1", "top5") and not self.eval.has_labels:
             raise InputError(f"metric.primary '{recipe.metric.primary}' needs labels in the eval data",
                              where="metric.primary", hint="Add labels (array 'y' in the .npz, or class subfolders).")
@@ -283,6 +295,17 @@ class _Runner:
         self._status(stages_status, "done", passed=report["passed"])
         return RunResult(self.run_dir, report, report["passed"], report["gates"])
 
+    def _macs(self, artifact: Artifact) -> int | None:
+        """MACs per sample of the latest torch model in the chain (ONNX/OpenVINO artifacts inherit them)."""
+        if isinstance(artifact, TorchModel):
+            from .stages.prune import count_macs
+
+            try:
+                self.macs = count_macs(artifact.module, self.spec)[0]
+            except Exception:  # a model Torch-Pruning cannot trace: MACs stay unknown, nothing else depends on them
+                self.macs = None
+        return self.macs
+
     def _stage_key(self, planned: PlannedStage, artifact: Artifact, input_id: str | None, versions: dict) -> str | None:
         """Hash of everything the stage's output depends on; None when the input cannot be hashed."""
         if input_id is None:
@@ -301,11 +324,12 @@ class _Runner:
         """A finished stage for `key`: in this run folder (resume), or in the cache."""
         if key is None:
             return None, None
-        found = cache.read_stage(stage_dir, key)
+        base = self.reference.module if isinstance(self.reference, TorchModel) else None
+        found = cache.read_stage(stage_dir, key, base)
         if found is not None:
             return found, "resumed"
-        if self.use_cache and cache.fetch(self.cache_root, key, stage_dir):
-            return cache.read_stage(stage_dir, key), "cache"
+        if self.use_cache and cache.fetch(self.cache_root, key, stage_dir, base):
+            return cache.read_stage(stage_dir, key, base), "cache"
         return None, None
 
     def _make_run_dir(self, stages_status: list[dict]) -> Path:
@@ -366,7 +390,9 @@ class _Runner:
             stage_dir.parent.mkdir(exist_ok=True)
             ctx = StageContext(recipe=recipe, base_dir=self.plan.base_dir, spec=self.spec,
                                calibration=self.calibration, machine=self.machine, where=planned.where,
-                               target=planned.target, reference=self.reference, log=self.reporter.log)
+                               target=planned.target, reference=self.reference, log=self.reporter.log,
+                               eval=self.eval, train=self.train, threads=self.plan.threads, batch=self.plan.batch,
+                               final_runtime=self.plan.stages[-1].output_type.runtime)
             key = self._stage_key(planned, artifact, input_id, versions)
             started = time.perf_counter()
             output, reused = self._reuse(stage_dir, key)
@@ -451,6 +477,15 @@ def evaluate_gates(recipe: Recipe, final: dict, reference: dict, stages: list[di
     g = recipe.gates
     gates = []
     for stage in stages or []:
+        budget = stage["details"].get("budget")
+        if budget is not None and not budget["met"]:
+            reached = budget["reached"]
+            got = (f"{reached['macs_fraction']:.2f} of the MACs" if "macs" in budget["target"] else
+                   f"{reached.get('latency_ms', float('nan')):.3f} ms, {reached.get('speedup', float('nan')):.2f}x on "
+                   f"{budget['runtime']}")
+            gates.append({"gate": "prune_budget", "threshold": budget["target"], "value": reached, "passed": False,
+                          "detail": f"stage {stage['name']} could not meet {budget['target']} within max_ratio; "
+                                    f"best reached: {got} (that model was kept and validated)"})
         if stage["type"] == "quantize" and stage["details"].get("quantize_ops") == 0:
             gates.append({"gate": "quantized", "threshold": "> 0 quantized ops", "value": 0, "passed": False,
                           "detail": f"stage {stage['name']} quantized no layer: {'; '.join(stage['notes'])}"})

@@ -95,6 +95,8 @@ class Transform(Strict):
                 raise ValueError("'mean' and 'std' need the same length (one per channel)")
             if any(not math.isfinite(s) or s <= 0 for s in self.std):
                 raise ValueError("'std' values must be finite and > 0")
+            if any(not math.isfinite(m) for m in self.mean or []):
+                raise ValueError("'mean' values must be finite")
         return self
 
 
@@ -126,6 +128,7 @@ class DataSource(Strict):
 class DataConfig(Strict):
     calibration: DataSource
     eval: DataSource | None = None
+    train: DataSource | None = Field(None, description="training data for fine-tuning (prune) and QAT")
     transform: Transform = Field(default_factory=Transform)
     batch_size: int = Field(32, ge=1, le=4096, description="batch size for calibration and evaluation")
 
@@ -190,8 +193,71 @@ class CompileConfig(StageBase):
     )
 
 
-StageConfig = Annotated[Union[QuantizeConfig, ExportConfig, CompileConfig], Field(discriminator="type")]
-STAGE_TYPES = ("quantize", "export", "compile")
+class DistillConfig(Strict):
+    temperature: float = Field(4.0, gt=0, le=100)
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the distillation loss (1 - alpha: the label loss)")
+
+
+class FinetuneConfig(Strict):
+    epochs: int = Field(1, ge=1, le=1000)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0, le=10)
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    batch_size: int = Field(64, ge=1, le=4096)
+    distill: DistillConfig | None = Field(None, description="knowledge distillation from the unpruned FP32 model")
+    eval_samples: int = Field(500, ge=1, le=MAX_SAMPLES, description="eval samples for the per-epoch metric")
+
+
+class PruneTarget(Strict):
+    macs: float | None = Field(None, gt=0, lt=1, description="keep at most this fraction of the MACs")
+    latency_ms: float | None = Field(None, gt=0, description="p50 at most this, on the recipe's target runtime")
+    speedup: float | None = Field(None, gt=1, le=1000, description="at least this vs unpruned, on the target runtime")
+
+    @model_validator(mode="after")
+    def _one(self) -> "PruneTarget":
+        if sum(v is not None for v in (self.macs, self.latency_ms, self.speedup)) != 1:
+            raise ValueError("give exactly one of macs, latency_ms, speedup")
+        return self
+
+
+class SensitivityConfig(Strict):
+    ratios: list[Annotated[float, Field(gt=0, lt=1)]] = Field(default_factory=lambda: [0.25, 0.5], min_length=1)
+    samples: int = Field(256, ge=1, le=MAX_SAMPLES, description="eval samples per measurement")
+
+
+class PruneConfig(StageBase):
+    type: Literal["prune"]
+    method: Literal["channel", "unstructured", "2:4"] = Field(
+        "channel", description="channel: structured (Torch-Pruning, smaller dense layers); unstructured: "
+                               "magnitude sparsity; 2:4: semi-structured sparsity for sparse GPU kernels")
+    ratio: float | None = Field(None, ge=0, lt=1, description="channel: fraction of channels removed; "
+                                                               "unstructured: fraction of weights zeroed")
+    target: PruneTarget | None = Field(None, description="prune iteratively until this budget is met (channel)")
+    importance: Literal["l1", "l2", "taylor", "random"] = "l1"
+    scope: Literal["global", "per_layer"] = "per_layer"
+    round_to: int | None = Field(8, ge=1, le=1024, description="channel counts become multiples of this")
+    steps: int = Field(10, ge=1, le=100, description="iterative steps when pruning to a target")
+    max_ratio: float = Field(0.9, gt=0, lt=1, description="never remove more than this fraction of a layer")
+    ignore: list[str] = Field(default_factory=list, description="module names to leave alone (e.g. the head)")
+    finetune: FinetuneConfig | None = None
+    sensitivity: SensitivityConfig | None = Field(None, description="per-layer scan written into the report")
+
+    @model_validator(mode="after")
+    def _check(self) -> "PruneConfig":
+        if self.method == "2:4":
+            if self.ratio is not None or self.target is not None:
+                raise ValueError("method '2:4' fixes the sparsity at 50%; drop 'ratio' and 'target'")
+        elif (self.ratio is None) == (self.target is None):
+            raise ValueError("give exactly one of 'ratio' or 'target'")
+        if self.target is not None and self.method != "channel":
+            raise ValueError("'target' budgets apply to method 'channel' (only structured pruning changes cost)")
+        if self.method != "channel" and (self.importance not in ("l1",) or self.round_to != 8):
+            raise ValueError("'importance' and 'round_to' apply to method 'channel'; other methods use magnitude")
+        return self
+
+
+StageConfig = Annotated[Union[PruneConfig, QuantizeConfig, ExportConfig, CompileConfig], Field(discriminator="type")]
+STAGE_TYPES = ("prune", "quantize", "export", "compile")
 
 
 # ---------------------------------------------------------------- gates, latency, recipe

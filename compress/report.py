@@ -30,6 +30,10 @@ def _agreement_cell(record: dict) -> str:
     return ", ".join(parts)
 
 
+def _mmacs(record: dict) -> str:
+    return "–" if not record.get("macs") else f"{record['macs'] / 1e6:.1f}"
+
+
 def rows(report: dict) -> list[dict]:
     """One row per FP32 baseline and per stage, in the order a reader wants them."""
     out = []
@@ -38,20 +42,22 @@ def rows(report: dict) -> list[dict]:
                     "precision": "fp32", "metric": _metric_cell(base), "delta": "–",
                     "agreement": _agreement_cell(base), "p50": _fmt(base["latency"]["p50_ms"], 3),
                     "p99": _fmt(base["latency"]["p99_ms"], 3), "speedup": "1.00x",
-                    "size": _fmt(base["artifact"].get("size_mb"), 3), "params": base.get("params")})
+                    "size": _fmt(base["artifact"].get("size_mb"), 3), "params": base.get("params"),
+                    "macs": _mmacs(base)})
     for stage in report["stages"]:
         out.append({"stage": stage["name"] + (" (cached)" if stage.get("cached") else ""), "artifact": stage["artifact"]["type"], "runtime": stage["runtime"],
                     "precision": stage["artifact"]["precision"], "metric": _metric_cell(stage),
                     "delta": f"{stage['primary']['delta']:+.2f}", "agreement": _agreement_cell(stage),
                     "p50": _fmt(stage["latency"]["p50_ms"], 3), "p99": _fmt(stage["latency"]["p99_ms"], 3),
                     "speedup": f"{stage['speedup']['vs_fp32_same_runtime']:.2f}x",
-                    "size": _fmt(stage["artifact"].get("size_mb"), 3), "params": stage.get("params")})
+                    "size": _fmt(stage["artifact"].get("size_mb"), 3), "params": stage.get("params"),
+                    "macs": _mmacs(stage)})
     return out
 
 
 COLUMNS = [("stage", "stage"), ("artifact", "artifact"), ("runtime", "runtime"), ("precision", "precision"),
            ("metric", "metric"), ("delta", "Δ pts"), ("agreement", "agreement vs FP32"), ("p50", "p50 ms"),
-           ("p99", "p99 ms"), ("speedup", "speed-up*"), ("size", "size MB"), ("params", "params")]
+           ("p99", "p99 ms"), ("speedup", "speed-up*"), ("size", "size MB"), ("params", "params"), ("macs", "MMACs")]
 
 
 def markdown(report: dict) -> str:
@@ -75,6 +81,8 @@ def markdown(report: dict) -> str:
         for g in report["gates"]:
             lines.append(f"| {g['gate']} | {g['threshold']} | {g['value']} | {'pass' if g['passed'] else 'FAIL'} | {g['detail']} |")
         lines.append("")
+    for stage in report["stages"]:
+        lines += _sensitivity_md(stage)
     notes = list(report["model"]["notes"]) + list(report.get("data_notes", []))
     for stage in report["stages"]:
         if stage.get("cached"):
@@ -90,6 +98,14 @@ def markdown(report: dict) -> str:
         if "parity" in d:
             notes.append(f"{stage['name']}: ONNX vs torch max |diff| {d['parity']['max_abs_diff']:.2e} "
                          f"(allowed {d['parity']['allowed']:.2e})")
+        if "finetune" in d:
+            notes.append(f"{stage['name']}: fine-tuning " + "; ".join(
+                f"epoch {e['epoch']} loss {e['loss']:.4f}, {e['metric']}" for e in d["finetune"]))
+        if d.get("macs_before"):
+            notes.append(f"{stage['name']}: MACs {d['macs_before']:,} -> {d['macs']:,} "
+                         f"({d['macs'] / d['macs_before']:.2f}x), params {d['params_before']:,} -> {d['params']:,}")
+        if "sparsity" in d:
+            notes.append(f"{stage['name']}: {d['sparsity']:.1%} of the conv/linear weights are zero")
         if "inference_precision" in d:
             notes.append(f"{stage['name']}: OpenVINO runs non-INT8 layers in {d['inference_precision']}")
     if notes:
@@ -98,7 +114,57 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def sensitivity_svg(sens: dict) -> str:
+    """Horizontal bars: metric drop per layer, one bar per ratio (a plot without plotting libraries)."""
+    ratios = [str(r) for r in sens["ratios"]]
+    rows = sens["layers"]
+    colors = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2"]
+    worst = max([d for r in rows for d in r["drops"].values() if d is not None] + [0.1])
+    bar, gap, label_w, width = 12, 8, 180, 360
+    height = 40 + len(rows) * (len(ratios) * bar + gap)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + width + 80}" height="{height}" '
+             'font-family="sans-serif" font-size="11">',
+             f'<text x="4" y="14">{sens["metric"]} drop (points) when one layer is pruned alone</text>']
+    for i, ratio in enumerate(ratios):
+        parts.append(f'<rect x="{label_w + i * 90}" y="20" width="10" height="10" fill="{colors[i % 5]}"/>'
+                     f'<text x="{label_w + i * 90 + 14}" y="29">{float(ratio):.0%} of channels</text>')
+    y = 40
+    for row in rows:
+        parts.append(f'<text x="4" y="{y + bar * len(ratios) / 2 + 4}">{row["layer"]}</text>')
+        for i, ratio in enumerate(ratios):
+            drop = row["drops"].get(ratio)
+            w = 0 if drop is None else max(0.0, drop) / worst * width
+            text = "n/a" if drop is None else f"{drop:.2f}"
+            parts.append(f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar - 2}" fill="{colors[i % 5]}"/>'
+                         f'<text x="{label_w + w + 4:.1f}" y="{y + bar - 3}">{text}</text>')
+            y += bar
+        y += gap
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def _sensitivity_md(stage: dict) -> list[str]:
+    sens = stage["details"].get("sensitivity")
+    if not sens:
+        return []
+    ratios = [str(r) for r in sens["ratios"]]
+    lines = [f"## Pruning sensitivity ({stage['name']})", "",
+             f"{sens['metric']} on {sens['samples']} eval samples (torch), baseline {sens['baseline']:.2f}; "
+             "drop in points when only that layer loses the share of its output channels with the lowest L1 norm "
+             "(with everything that depends on them). Layers that hurt most are candidates for `ignore:`.", "",
+             f"![sensitivity](sensitivity-{stage['name']}.svg)", "",
+             "| layer | channels | " + " | ".join(f"drop @ {float(r):.0%}" for r in ratios) + " |",
+             "|---|---|" + "---|" * len(ratios)]
+    for row in sorted(sens["layers"], key=lambda r: -max([d for d in r["drops"].values() if d is not None] + [0])):
+        cells = ["n/a" if row["drops"].get(r) is None else f"{row['drops'][r]:.2f}" for r in ratios]
+        lines.append(f"| {row['layer']} | {row['channels']} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def write(run_dir: Path, report: dict) -> None:
+    for stage in report["stages"]:
+        if stage["details"].get("sensitivity"):
+            atomic_write_text(run_dir / f"sensitivity-{stage['name']}.svg", sensitivity_svg(stage["details"]["sensitivity"]))
     atomic_write_json(run_dir / "report.json", report)
     atomic_write_text(run_dir / "report.md", markdown(report))
 

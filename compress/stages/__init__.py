@@ -25,6 +25,11 @@ class StageContext:
     out_dir: Path | None = None                  # where the stage writes its artifact (a temp folder)
     target: Target | None = None                 # for compile stages
     reference: Artifact | None = None            # the FP32 model, for checks against it
+    eval: Dataset | None = None
+    train: Dataset | None = None
+    threads: int = 2
+    batch: int = 1
+    final_runtime: str = "torch"                 # where the chain's last artifact runs (budgets are timed there)
     log: Callable[[str], None] = lambda msg: None
     details: dict = field(default_factory=dict)  # stage-specific facts for the report
 
@@ -46,7 +51,7 @@ def register(config_cls: type, accepts: Callable[[object, Target | None], dict[t
 
 
 def handler_for(config) -> Handler:
-    from . import compile as _compile, export as _export, quantize as _quantize  # noqa: F401  (fill the registry)
+    from . import compile as _compile, export as _export, prune as _prune, quantize as _quantize  # noqa: F401
 
     try:
         return HANDLERS[type(config)]

@@ -1,0 +1,293 @@
+"""prune: TorchModel -> TorchModel. Structured channel pruning with Torch-Pruning (dependency graph,
+so residual/concat/depthwise models stay valid), unstructured magnitude and 2:4 sparsity, budgets
+timed on the chain's target runtime, optional fine-tuning/distillation and a sensitivity scan."""
+from __future__ import annotations
+
+import copy
+import difflib
+
+import numpy as np
+
+from ..artifacts import OnnxModel, OpenVinoModel, TorchModel
+from ..errors import InputError, StageError
+from ..recipe import PruneConfig
+from ..torchio import save_module
+from ..validation import latency_feeds, measure_latency
+from . import StageContext, register
+
+
+def count_macs(module, spec) -> tuple[int, int]:
+    import torch
+    import torch_pruning as tp
+
+    example = tuple(torch.from_numpy(v) for v in spec.dummy(batch=1).values())
+    macs, params = tp.utils.count_ops_and_params(module, example if len(example) > 1 else example[0])
+    return int(macs), int(params)
+
+
+def _ignored(module, names: list[str], where: str) -> list:
+    named = dict(module.named_modules())
+    layers = []
+    for name in names:
+        if name not in named:
+            close = difflib.get_close_matches(name, [n for n in named if n], n=3)
+            raise InputError(f"ignore names module '{name}', which the model does not have",
+                             where=f"{where}.ignore", hint=f"Did you mean {', '.join(close)}?" if close else
+                             "List the names with model.named_modules().")
+        layers.append(named[name])
+    return layers
+
+
+def _default_ignored(module) -> list:
+    """The classifier head: the last Linear whose outputs are the model's outputs."""
+    import torch
+
+    linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+    return linears[-1:]
+
+
+def _importance(name: str):
+    import torch_pruning as tp
+
+    return {"l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
+            "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
+            "taylor": lambda: tp.importance.GroupTaylorImportance(),
+            "random": lambda: tp.importance.RandomImportance()}[name]()
+
+
+def _taylor_gradients(module, ctx: StageContext, batches: int = 4) -> None:
+    """Taylor importance needs gradients: a few calibration batches, labels or the model's own answers."""
+    import torch
+    import torch.nn.functional as F
+
+    from ..train import _first, _tensors
+
+    module.zero_grad()
+    for i, (feeds, labels) in enumerate(ctx.calibration.batches(ctx.recipe.data.batch_size)):
+        if i >= batches:
+            break
+        logits = _first(module(*_tensors(feeds)))
+        target = torch.from_numpy(labels) if labels is not None and ctx.calibration.has_labels else logits.argmax(1).detach()
+        F.cross_entropy(logits, target).backward()
+
+
+def _runtime_latency(module, ctx: StageContext, runs: int = 20) -> float:
+    """p50 of `module` on the runtime the chain ships to (budgets are about that runtime)."""
+    from ..convert import save_openvino, to_openvino, torch_to_onnx
+    from ..runtimes import open_session
+
+    if ctx.final_runtime == "onnxruntime":
+        path = ctx.out_dir / "budget.onnx"
+        torch_to_onnx(module, ctx.spec, path)
+        artifact = OnnxModel(path=path)
+    elif ctx.final_runtime == "openvino":
+        path = ctx.out_dir / "budget.xml"
+        save_openvino(to_openvino(TorchModel(path=None, module=module), ctx.spec), path, {})
+        artifact = OpenVinoModel(path=path)
+    else:
+        artifact = TorchModel(path=None, module=module)
+    session = open_session(artifact, threads=ctx.threads, static_batch=ctx.batch, inference_precision="f32")
+    p50 = measure_latency(session, latency_feeds(ctx.eval, ctx.batch), warmup=5, runs=runs)["p50_ms"]
+    for leftover in ctx.out_dir.glob("budget.*"):
+        leftover.unlink()
+    return p50
+
+
+def _channel(cfg: PruneConfig, module, ctx: StageContext) -> dict:
+    import torch
+    import torch_pruning as tp
+
+    example = tuple(torch.from_numpy(v) for v in ctx.spec.dummy(batch=1).values())
+    ignored = _ignored(module, cfg.ignore, ctx.where) if cfg.ignore else _default_ignored(module)
+    base_macs, base_params = count_macs(module, ctx.spec)
+    budget = cfg.target
+    steps = cfg.steps if budget is not None else 1
+    ratio = cfg.max_ratio if budget is not None else cfg.ratio
+    try:
+        pruner = tp.pruner.MetaPruner(module, example if len(example) > 1 else example[0], importance=_importance(cfg.importance),
+                                      global_pruning=cfg.scope == "global", pruning_ratio=ratio,
+                                      max_pruning_ratio=cfg.max_ratio, iterative_steps=steps,
+                                      ignored_layers=ignored, round_to=cfg.round_to)
+    except Exception as exc:
+        raise StageError(f"Torch-Pruning cannot trace the model: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+                         hint="Add the layer it names to `ignore:`, or prune with method unstructured.") from None
+    details: dict = {"method": "channel", "importance": cfg.importance, "scope": cfg.scope, "round_to": cfg.round_to,
+                     "ignored": [n for n, m in module.named_modules() if any(m is i for i in ignored)],
+                     "macs_before": base_macs, "params_before": base_params}
+    base_latency = _runtime_latency(module, ctx) if budget is not None and budget.macs is None else None
+    met, history = budget is None, []
+    for step in range(steps):
+        if cfg.importance == "taylor":
+            _taylor_gradients(module, ctx)
+        try:
+            pruner.step()
+        except Exception as exc:
+            raise StageError(f"Torch-Pruning failed while pruning: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+                             hint="Add the layer it names to `ignore:`.") from None
+        macs, params = count_macs(module, ctx.spec)
+        entry = {"step": step + 1, "macs": macs, "macs_fraction": macs / base_macs, "params": params}
+        if budget is not None:
+            if budget.macs is not None:
+                met = macs <= budget.macs * base_macs
+            else:
+                entry["latency_ms"] = _runtime_latency(module, ctx)
+                entry["speedup"] = base_latency / entry["latency_ms"]
+                met = (entry["latency_ms"] <= budget.latency_ms) if budget.latency_ms is not None else \
+                    entry["speedup"] >= budget.speedup
+            ctx.log(f"prune step {step + 1}/{steps}: MACs {macs / base_macs:.2f} of the original"
+                    + (f", {entry['latency_ms']:.3f} ms on {ctx.final_runtime}" if "latency_ms" in entry else ""))
+        history.append(entry)
+        if met:
+            break
+    details.update(macs_after=history[-1]["macs"], params_after=history[-1]["params"], steps=history)
+    if budget is not None:
+        wanted = budget.model_dump(exclude_none=True)
+        details["budget"] = {"target": wanted, "runtime": ctx.final_runtime if budget.macs is None else "MACs",
+                             "baseline_latency_ms": base_latency, "met": met, "reached": history[-1]}
+    return details
+
+
+def _weights(module, ignored_names: set[str]):
+    import torch
+
+    return [(name, m) for name, m in module.named_modules()
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv1d, torch.nn.Linear)) and name not in ignored_names]
+
+
+def _unstructured(cfg: PruneConfig, module, ctx: StageContext) -> dict:
+    import torch
+    from torch.nn.utils import prune as tprune
+
+    ignored = set(cfg.ignore)
+    _ignored(module, cfg.ignore, ctx.where)
+    layers = _weights(module, ignored)
+    if cfg.scope == "global":
+        tprune.global_unstructured([(m, "weight") for _, m in layers], pruning_method=tprune.L1Unstructured,
+                                   amount=cfg.ratio)
+    else:
+        for _, m in layers:
+            tprune.l1_unstructured(m, "weight", amount=cfg.ratio)
+    for _, m in layers:
+        tprune.remove(m, "weight")
+    zeros = sum(int((m.weight == 0).sum()) for _, m in layers)
+    total = sum(m.weight.numel() for _, m in layers)
+    return {"method": "unstructured", "scope": cfg.scope, "sparsity": zeros / max(total, 1), "layers": len(layers)}
+
+
+def _semi_structured(cfg: PruneConfig, module, ctx: StageContext) -> dict:
+    import torch
+
+    _ignored(module, cfg.ignore, ctx.where)
+    done, skipped = [], []
+    with torch.no_grad():
+        for name, m in _weights(module, set(cfg.ignore)):
+            w = m.weight.reshape(m.weight.shape[0], -1)
+            if w.shape[1] % 4:
+                skipped.append(name)
+                continue
+            groups = w.reshape(w.shape[0], -1, 4)
+            drop = groups.abs().argsort(dim=-1)[..., :2]
+            mask = torch.ones_like(groups).scatter_(-1, drop, 0.0)
+            m.weight.copy_((groups * mask).reshape(m.weight.shape))
+            done.append(name)
+    return {"method": "2:4", "layers": done, "skipped_not_multiple_of_4": skipped}
+
+
+def _torch_metric(module, ctx: StageContext, samples: int) -> tuple[str, float]:
+    """Top-1 with labels, else top-1 agreement with the FP32 model, on the first `samples` eval samples (torch)."""
+    import torch
+
+    from ..train import _first, _tensors
+
+    hits = n = 0
+    with torch.inference_mode():
+        for feeds, labels in ctx.eval.batches(ctx.recipe.data.batch_size):
+            inputs = _tensors(feeds)
+            out = _first(module(*inputs))
+            if ctx.eval.has_labels and labels is not None:
+                target = torch.from_numpy(labels)
+            else:
+                target = _first(ctx.reference.module(*inputs)).argmax(1)
+            hits += int((out.argmax(1) == target).sum())
+            n += len(target)
+            if n >= samples:
+                break
+    return ("top1" if ctx.eval.has_labels else "top1_agreement"), 100.0 * hits / max(n, 1)
+
+
+def _sensitivity(cfg: PruneConfig, module, ctx: StageContext) -> dict:
+    """Prune each layer alone at each ratio and measure the metric drop (torch, eval subset)."""
+    import torch
+    import torch_pruning as tp
+
+    samples = cfg.sensitivity.samples
+    name, base = _torch_metric(module, ctx, samples)
+    example = tuple(torch.from_numpy(v) for v in ctx.spec.dummy(batch=1).values())
+    skip = set(cfg.ignore) | {n for n, m in module.named_modules() if any(m is i for i in _default_ignored(module))}
+    rows = []
+    for layer_name, layer in module.named_modules():
+        if not isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)) or layer_name in skip:
+            continue
+        row = {"layer": layer_name, "channels": layer.weight.shape[0], "drops": {}}
+        for ratio in cfg.sensitivity.ratios:
+            trial = copy.deepcopy(module)
+            target = trial.get_submodule(layer_name)
+            ctx.log(f"sensitivity: {layer_name} at {ratio:.0%}")
+            try:
+                graph = tp.DependencyGraph().build_dependency(trial, example if len(example) > 1 else example[0])
+                fn = tp.prune_conv_out_channels if isinstance(target, torch.nn.Conv2d) else tp.prune_linear_out_channels
+                scores = target.weight.detach().abs().reshape(target.weight.shape[0], -1).sum(1)
+                k = int(round(ratio * len(scores)))
+                if k == 0 or k >= len(scores):
+                    continue
+                group = graph.get_pruning_group(target, fn, idxs=scores.argsort()[:k].tolist())
+                if not graph.check_pruning_group(group):
+                    continue
+                group.prune()
+            except Exception:
+                row["drops"][str(ratio)] = None
+                continue
+            row["drops"][str(ratio)] = base - _torch_metric(trial, ctx, samples)[1]
+        rows.append(row)
+    return {"metric": name, "baseline": base, "samples": samples, "ratios": cfg.sensitivity.ratios, "layers": rows}
+
+
+def _plan_check(cfg: PruneConfig, ctx: StageContext) -> None:
+    if cfg.finetune is not None and ctx.train is None:
+        raise InputError("fine-tuning needs a `data.train:` section", where=f"{ctx.where}.finetune")
+
+
+@register(PruneConfig, accepts=lambda cfg, target: {TorchModel: TorchModel})
+def prune(cfg: PruneConfig, artifact: TorchModel, ctx: StageContext) -> TorchModel:
+    _plan_check(cfg, ctx)
+    module = copy.deepcopy(artifact.module).eval()
+    details = {}
+    if cfg.sensitivity is not None:
+        details["sensitivity"] = _sensitivity(cfg, module, ctx)
+    ctx.log(f"pruning ({cfg.method})")
+    details.update({"channel": _channel, "unstructured": _unstructured, "2:4": _semi_structured}[cfg.method](cfg, module, ctx))
+    notes = []
+    if cfg.method != "channel":
+        notes.append(f"{cfg.method} sparsity keeps every tensor's shape: dense CPU runtimes (ONNX Runtime, OpenVINO, "
+                     "torch) compute the zeros anyway, so expect no speed-up from it (see the measured latency); "
+                     "it pays off with sparse kernels (2:4 on Ampere+ GPUs / TensorRT) or compression")
+    if cfg.finetune is not None:
+        from ..train import finetune
+
+        teacher = ctx.reference.module if cfg.finetune.distill is not None else None
+
+        def metric_text(m) -> str:
+            name, value = _torch_metric(m, ctx, cfg.finetune.eval_samples)
+            return f"{name} {value:.2f}"
+
+        ctx.log(f"fine-tuning {cfg.finetune.epochs} epoch(s)")
+        mask = None
+        if cfg.method != "channel":  # keep pruned weights at zero while training
+            mask = {n: (m.weight != 0) for n, m in _weights(module, set(cfg.ignore))}
+        details["finetune"] = finetune(module, teacher, ctx.train, cfg.finetune, log=ctx.log, evaluate=metric_text,
+                                       where=ctx.where, threads=ctx.threads, masks=mask)
+    macs, params = count_macs(module, ctx.spec)
+    details.update(macs=macs, params=params)
+    ctx.details.update(details)
+    path = save_module(module, ctx.out_dir)
+    return TorchModel(path=path, module=module, notes=notes)

@@ -1,0 +1,96 @@
+"""Fine-tuning shared by stages that train (prune now, QAT next): labels and/or distillation
+from the FP32 model, progress per epoch with loss and eval metric, stop on a non-finite loss."""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Callable
+
+import numpy as np
+
+from .data import Dataset
+from .errors import StageError
+from .recipe import FinetuneConfig
+
+
+def _tensors(feeds: dict[str, np.ndarray]):
+    import torch
+
+    return [torch.from_numpy(np.ascontiguousarray(v)) for v in feeds.values()]
+
+
+def _first(out):
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict):
+        return next(iter(out.values()))
+    return _first(out[0])
+
+
+def finetune(module, teacher, train: Dataset, cfg: FinetuneConfig, *, log: Callable[[str], None],
+             evaluate: Callable[[object], str], where: str, threads: int, masks: dict | None = None) -> list[dict]:
+    """Train `module` in place. Returns one record per epoch (loss, metric text). `masks` (module
+    name -> bool tensor) keeps pruned weights at zero."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    use_labels = train.has_labels
+    if not use_labels and cfg.distill is None:
+        raise StageError("fine-tuning needs labels in data.train or `distill:` from the FP32 model",
+                         where=f"{where}.finetune")
+    alpha = cfg.distill.alpha if cfg.distill else 0.0
+    if not use_labels:
+        alpha = 1.0
+    temperature = cfg.distill.temperature if cfg.distill else 1.0
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = {"adam": lambda: torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
+                 "adamw": lambda: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
+                 "sgd": lambda: torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)}[cfg.optimizer]()
+    if teacher is not None:
+        teacher.eval()
+    history = []
+    for epoch in range(cfg.epochs):
+        good = copy.deepcopy(module.state_dict())
+        module.train()
+        total, count = 0.0, 0
+        for step, (feeds, labels) in enumerate(train.batches(cfg.batch_size)):
+            inputs = _tensors(feeds)
+            logits = _first(module(*inputs))
+            loss = torch.zeros((), dtype=logits.dtype)
+            if use_labels and alpha < 1.0:
+                loss = loss + (1 - alpha) * F.cross_entropy(logits, torch.from_numpy(labels))
+            if alpha > 0:
+                with torch.no_grad():
+                    target = _first(teacher(*inputs))
+                if logits.ndim == 2 and logits.shape[1] > 1:
+                    kd = F.kl_div(F.log_softmax(logits / temperature, 1), F.softmax(target / temperature, 1),
+                                  reduction="batchmean") * temperature ** 2
+                else:
+                    kd = F.mse_loss(logits, target)
+                loss = loss + alpha * kd
+            if not math.isfinite(float(loss.detach())):
+                module.load_state_dict(good)
+                module.eval()
+                raise StageError(f"the training loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}; "
+                                 "the weights from the start of that epoch were kept",
+                                 where=f"{where}.finetune.lr", hint="Lower the learning rate.")
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if masks:
+                with torch.no_grad():
+                    for name, mask in masks.items():
+                        weight = module.get_submodule(name).weight
+                        weight.mul_(mask)
+            n = len(inputs[0])
+            total += float(loss.detach()) * n
+            count += n
+        module.eval()
+        metric = evaluate(module)
+        record = {"epoch": epoch + 1, "loss": total / max(count, 1), "metric": metric}
+        history.append(record)
+        log(f"fine-tune epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f}, {metric}")
+    return history

@@ -1,0 +1,109 @@
+"""prune: structured channels (Torch-Pruning), unstructured and 2:4 sparsity, budgets, fine-tuning,
+sensitivity scan; pruned models chain into quantize/export/compile and survive the stage cache."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import compress
+from compress.errors import ChainError, RecipeError
+from compress.recipe import parse_recipe
+
+from conftest import ROOT, cli, fashion_recipe, write_recipe
+
+
+def _recipe(stages, **kw) -> dict:
+    recipe = fashion_recipe(stages, **kw)
+    recipe["data"]["eval"]["samples"] = 200
+    recipe["latency"] = {"warmup": 1, "runs": 3}
+    return recipe
+
+
+def test_channel_pruning_shrinks_the_model_and_chains_into_int8(tmp):
+    recipe = _recipe([{"type": "prune", "ratio": 0.5, "ignore": ["classifier"]},
+                      {"type": "quantize", "backend": "openvino", "samples": 64}])
+    result = compress.run(recipe, out=tmp)
+    prune, quant = result.stages
+    d = prune["details"]
+    assert d["macs"] < 0.35 * d["macs_before"] and d["params"] < 0.35 * d["params_before"]
+    assert prune["macs"] == d["macs"] and prune["params"] == d["params"] and d["ignored"] == ["classifier"]
+    folder = result.run_dir / "stages" / "01-prune"
+    assert (folder / "model.pt").is_file() and (folder / "structure.json").is_file()
+    state = torch.load(folder / "model.pt", weights_only=True)     # no pickled module
+    assert state["features.0.0.weight"].shape[0] == 16                # 32 channels -> 16 (round_to 8)
+    assert quant["artifact"]["precision"] == "int8" and quant["macs"] == d["macs"]
+    again = compress.run(recipe, out=tmp)                             # the pruned torch model comes back from the cache
+    assert again.stages[0]["cached"] == "cache"
+    assert again.stages[0]["primary"]["value"] == pytest.approx(prune["primary"]["value"])
+
+
+def test_unstructured_and_2_4_sparsity_say_they_do_not_speed_up_dense_runtimes(tmp):
+    result = compress.run(_recipe([{"type": "prune", "method": "unstructured", "ratio": 0.6, "scope": "global",
+                                    "name": "sparse"}]), out=tmp)
+    stage = result.stages[0]
+    assert stage["details"]["sparsity"] == pytest.approx(0.6, abs=0.01)
+    assert any("no speed-up" in n for n in stage["notes"])
+    result = compress.run(_recipe([{"type": "prune", "method": "2:4"}]), out=tmp)
+    folder = result.run_dir / "stages" / "01-prune"
+    state = torch.load(folder / "model.pt", weights_only=True)
+    w = state["features.1.0.weight"].reshape(state["features.1.0.weight"].shape[0], -1).reshape(-1, 4)
+    assert ((w == 0).sum(1) >= 2).all()
+    assert "features.0.0" in result.stages[0]["details"]["skipped_not_multiple_of_4"]   # 1x3x3 = 9 inputs
+
+
+def test_macs_budget_is_met_iteratively(tmp):
+    result = compress.run(_recipe([{"type": "prune", "target": {"macs": 0.5}, "steps": 8}]), out=tmp)
+    budget = result.stages[0]["details"]["budget"]
+    assert budget["met"] and budget["reached"]["macs_fraction"] <= 0.5
+    assert result.passed
+
+
+def test_budget_that_cannot_be_met_exits_3_with_the_best_result(tmp):
+    recipe = _recipe([{"type": "prune", "target": {"speedup": 500}, "steps": 2, "max_ratio": 0.5},
+                      {"type": "export"}])
+    result = cli("run", write_recipe(tmp, recipe), "--out", tmp / "runs", "-q")
+    assert result.returncode == 3, result.stderr
+    assert "prune_budget" in result.stderr and "best reached" in result.stderr
+    (report,) = (tmp / "runs").glob("*/report.json")
+    assert json.loads(report.read_text())["stages"][0]["details"]["budget"]["runtime"] == "onnxruntime"
+
+
+def test_finetune_with_distillation_and_sensitivity_scan(tmp):
+    recipe = _recipe([{"type": "prune", "ratio": 0.5, "ignore": ["classifier"],
+                       "sensitivity": {"ratios": [0.5], "samples": 64},
+                       "finetune": {"epochs": 1, "lr": 0.002, "distill": {"temperature": 4, "alpha": 0.5},
+                                    "eval_samples": 100}}])
+    recipe["data"]["train"] = {"path": str(ROOT / "calibration_data" / "fashion_mnist_train.npz"), "samples": 512}
+    result = compress.run(recipe, out=tmp)
+    d = result.stages[0]["details"]
+    assert len(d["finetune"]) == 1 and d["finetune"][0]["loss"] > 0
+    layers = {row["layer"] for row in d["sensitivity"]["layers"]}
+    assert "features.0.0" in layers and "classifier" not in layers
+    md = (result.run_dir / "report.md").read_text()
+    assert "## Pruning sensitivity" in md and "fine-tuning epoch 1" in md
+    assert (result.run_dir / "sensitivity-prune.svg").read_text().startswith("<svg")
+
+
+@pytest.mark.parametrize("stage, fragment", [
+    ({"type": "prune", "ratio": 1.0}, "ratio"),
+    ({"type": "prune", "ratio": -0.1}, "ratio"),
+    ({"type": "prune"}, "exactly one of 'ratio' or 'target'"),
+    ({"type": "prune", "method": "unstructured", "target": {"macs": 0.5}}, "apply to method 'channel'"),
+])
+def test_bad_prune_configs(stage, fragment):
+    with pytest.raises(RecipeError, match=fragment):
+        parse_recipe(_recipe([stage]))
+
+
+def test_finetune_without_train_data_fails_before_compute():
+    with pytest.raises(ChainError, match="training data"):
+        compress.validate(_recipe([{"type": "prune", "ratio": 0.3, "finetune": {"epochs": 1}}]))
+
+
+def test_ignore_naming_a_missing_module_is_exit_2(tmp):
+    recipe = _recipe([{"type": "prune", "ratio": 0.3, "ignore": ["clasifier"]}])
+    result = cli("run", write_recipe(tmp, recipe), "--out", tmp / "runs")
+    assert result.returncode == 2 and "clasifier" in result.stderr and "classifier" in result.stderr
