@@ -33,6 +33,8 @@ def load(recipe: str | Path | dict | Recipe, base_dir: str | Path | None = None)
         return recipe, Path(base_dir or Path.cwd()).resolve()
     if isinstance(recipe, dict):
         return parse_recipe(recipe, source="<dict>"), Path(base_dir or Path.cwd()).resolve()
+    if not isinstance(recipe, (str, Path)):
+        raise RecipeError(f"a recipe is a path, a dict or a Recipe, not {type(recipe).__name__}")
     path = Path(recipe)
     return load_recipe(path), Path(base_dir).resolve() if base_dir else path.resolve().parent
 

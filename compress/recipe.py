@@ -203,6 +203,7 @@ class FinetuneConfig(Strict):
     optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0, le=10)
     weight_decay: float = Field(0.0, ge=0, le=1)
+    schedule: Literal["cosine", "constant"] = Field("cosine", description="learning rate over the steps")
     batch_size: int = Field(64, ge=1, le=4096)
     distill: DistillConfig | None = Field(None, description="knowledge distillation from the unpruned FP32 model")
     eval_samples: int = Field(500, ge=1, le=MAX_SAMPLES, description="eval samples for the per-epoch metric")

@@ -165,8 +165,12 @@ def write(run_dir: Path, report: dict) -> None:
     for stage in report["stages"]:
         if stage["details"].get("sensitivity"):
             atomic_write_text(run_dir / f"sensitivity-{stage['name']}.svg", sensitivity_svg(stage["details"]["sensitivity"]))
-    atomic_write_json(run_dir / "report.json", report)
     atomic_write_text(run_dir / "report.md", markdown(report))
+    try:
+        atomic_write_json(run_dir / "report.json", report)   # last: its presence means the report is complete
+    except BaseException:
+        (run_dir / "report.md").unlink(missing_ok=True)
+        raise
 
 
 def load(run_dir: Path) -> dict:

@@ -49,6 +49,9 @@ def finetune(module, teacher, train: Dataset, cfg: FinetuneConfig, *, log: Calla
     optimizer = {"adam": lambda: torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
                  "adamw": lambda: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
                  "sgd": lambda: torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)}[cfg.optimizer]()
+    total_steps = cfg.epochs * max(1, -(-len(train) // cfg.batch_size))
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+                 if cfg.schedule == "cosine" else None)
     if teacher is not None:
         teacher.eval()
     history = []
@@ -80,6 +83,8 @@ def finetune(module, teacher, train: Dataset, cfg: FinetuneConfig, *, log: Calla
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             if masks:
                 with torch.no_grad():
                     for name, mask in masks.items():
