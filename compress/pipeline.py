@@ -223,6 +223,8 @@ class _Runner:
                                    if runtime == "openvino" else None)
         record["name"] = f"fp32-{runtime}"
         record["label"] = f"baseline {runtime}"
+        record["params"], record["macs"] = self.baselines[self.reference.runtime]["params"], \
+            self.baselines[self.reference.runtime]["macs"]   # the unpruned model, whatever stages ran before
         name, value = self._primary(record)
         record["primary"] = {"name": name, "value": value}
         self.baselines[runtime] = record
