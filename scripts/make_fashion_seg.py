@@ -24,7 +24,7 @@ Writes to --out-dir:
   fashion_seg_eval.npz    500 scenes, same format
 
 Prints the mIoU (torchmetrics MulticlassJaccardIndex, macro over the 11 classes) and pixel
-accuracy of the trained model on the eval scenes. Seeded; trains in about 2-3 minutes on 2 idle cores.
+accuracy of the trained model on the eval scenes. Seeded; trains in about 3 minutes on 2 idle cores.
 """
 
 from __future__ import annotations
