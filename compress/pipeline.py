@@ -158,7 +158,6 @@ class _Runner:
         self.user_model = model
         self.reporter = reporter or Reporter()
         self.baselines: dict[str, dict] = {}
-        self.baseline_artifacts: dict[str, Artifact] = {}
         self.reference_outputs = None
         self.latency_sessions: dict = {}   # baseline label -> its open latency session, for paired timing
         self.params = None   # of the latest model in the chain that has countable parameters
