@@ -87,12 +87,12 @@ class Agreement:
         self.classification = None
 
     def update(self, out: np.ndarray, ref: np.ndarray) -> None:
+        if self.classification is None:  # top-1 agreement only for class scores [N, C], not maps or sequences
+            self.classification = out.ndim == 2 and out.shape[1] > 1
         out = out.astype(np.float64).reshape(len(out), -1)
         ref = ref.astype(np.float64).reshape(len(ref), -1)
         if out.shape != ref.shape:
             raise DataError(f"output shape {list(out.shape)} differs from the reference {list(ref.shape)}")
-        if self.classification is None:
-            self.classification = out.shape[1] > 1
         if self.classification:
             self.top1_same += int((out.argmax(1) == ref.argmax(1)).sum())
         dot = (out * ref).sum(1)

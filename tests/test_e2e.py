@@ -173,3 +173,35 @@ def test_validate_and_targets_commands():
     targets = {t["name"]: t for t in json.loads(cli("targets", "--json").stdout)}
     assert {"x86-cpu-openvino", "x86-cpu-onnxruntime"} <= set(targets)
     assert targets["x86-cpu-openvino"]["missing"] == []
+
+
+def test_ort_quantization_of_upsample_concat_model_leaves_cwd_clean(tmp, monkeypatch):
+    """U-Net pattern (upsample, then concat with a skip) needs ORT's symbolic shape inference to
+    merge dims; its temp files must not land in the user's working directory."""
+    (tmp / "unet.py").write_text(
+        "import torch\n"
+        "class Net(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.down = torch.nn.Conv2d(1, 8, 3, stride=2, padding=1)\n"
+        "        self.up = torch.nn.Upsample(scale_factor=2, mode='nearest')\n"
+        "        self.skip = torch.nn.Conv2d(1, 8, 3, padding=1)\n"
+        "        self.head = torch.nn.Conv2d(16, 4, 1)\n"
+        "    def forward(self, x):\n"
+        "        return self.head(torch.cat([self.up(torch.relu(self.down(x))), self.skip(x)], 1))\n")
+    work = tmp / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    recipe = fashion_recipe([{"type": "export"}, {"type": "quantize", "backend": "onnxruntime", "samples": 32}])
+    recipe["model"] = {"source": "python", "factory": str(tmp / "unet.py") + ":Net", "input": {"shape": [1, 1, 28, 28]}}
+    import numpy as np
+
+    with np.load(recipe["data"]["calibration"]["path"]) as f:
+        np.savez(tmp / "images.npz", x=f["x"][:64])             # no labels: agreement only
+    recipe["data"]["calibration"] = {"path": str(tmp / "images.npz")}
+    recipe["data"]["eval"] = {"path": str(tmp / "images.npz")}
+    result = compress.run(recipe, out=tmp / "runs")
+    quant = result.stages[-1]
+    assert quant["artifact"]["precision"] == "int8" and quant["details"]["quantize_ops"] > 0
+    assert "top1_agreement" not in quant["agreement"]["output"]   # a [N, 4, 28, 28] map is not class scores
+    assert list(work.iterdir()) == []

@@ -1,6 +1,7 @@
 """quantize (static PTQ): NNCF for OpenVINO, ORT quantize_static (QDQ) for ONNX Runtime."""
 from __future__ import annotations
 
+import contextlib
 from itertools import islice
 from pathlib import Path
 
@@ -161,7 +162,8 @@ def _quantize_onnxruntime(cfg: QuantizeConfig, artifact: OnnxModel, ctx: StageCo
     prepared = work / "prepared.onnx"
     ctx.log("ORT pre-processing (shape inference, graph clean-up)")
     try:
-        quant_pre_process(str(artifact.path), str(prepared), skip_symbolic_shape=False)
+        with contextlib.chdir(work):  # ORT writes shape-inference temp files into the working directory
+            quant_pre_process(str(artifact.path), str(prepared), skip_symbolic_shape=False, auto_merge=True)
     except Exception as exc:
         raise StageError(f"ORT quantization pre-processing failed: {str(exc).splitlines()[0][:300]}") from None
 
@@ -233,7 +235,8 @@ def _dynamic_onnxruntime(cfg: QuantizeConfig, artifact: OnnxModel, ctx: StageCon
     path = ctx.out_dir / "model.onnx"
     ctx.log(f"ORT quantize_dynamic ({'reduce_range' if reduce_range else 'full range'})")
     try:
-        quant_pre_process(str(artifact.path), str(prepared), skip_symbolic_shape=False)
+        with contextlib.chdir(ctx.out_dir):  # ORT writes shape-inference temp files into the working directory
+            quant_pre_process(str(artifact.path), str(prepared), skip_symbolic_shape=False, auto_merge=True)
         quantize_dynamic(str(prepared), str(path), weight_type=QuantType.QInt8, per_channel=cfg.per_channel,
                          reduce_range=reduce_range, nodes_to_exclude=list(cfg.ignore) or None)
     except CompressError:
