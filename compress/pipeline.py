@@ -151,6 +151,7 @@ class _Runner:
         self.plan = the_plan
         self.resume_dir = resume_dir
         self.use_cache = use_cache
+        out_dir = out_dir.absolute()   # stages may change directory (ORT writes temp files into the cwd)
         self.cache_root = out_dir / ".cache"
         self.user_metric = metric
         self.recipe = the_plan.recipe

@@ -205,3 +205,11 @@ def test_ort_quantization_of_upsample_concat_model_leaves_cwd_clean(tmp, monkeyp
     assert quant["artifact"]["precision"] == "int8" and quant["details"]["quantize_ops"] > 0
     assert "top1_agreement" not in quant["agreement"]["output"]   # a [N, 4, 28, 28] map is not class scores
     assert list(work.iterdir()) == []
+
+
+def test_relative_out_folder_with_ort_quantization(tmp):
+    """The default `--out runs` is relative; stages that change directory must still find their files."""
+    recipe = fashion_recipe([{"type": "export"}, {"type": "quantize", "backend": "onnxruntime", "samples": 32}])
+    result = cli("run", write_recipe(tmp, recipe), "--out", "runs", "-q", cwd=tmp)
+    assert result.returncode == 0, result.stderr
+    assert list((tmp / "runs").glob("*/stages/02-quantize/model.onnx"))

@@ -163,7 +163,8 @@ def _quantize_onnxruntime(cfg: QuantizeConfig, artifact: OnnxModel, ctx: StageCo
     ctx.log("ORT pre-processing (shape inference, graph clean-up)")
     try:
         with contextlib.chdir(work):  # ORT writes shape-inference temp files into the working directory
-            quant_pre_process(str(artifact.path), str(prepared), skip_symbolic_shape=False, auto_merge=True)
+            quant_pre_process(str(artifact.path.absolute()), str(prepared.absolute()), skip_symbolic_shape=False,
+                              auto_merge=True)
     except Exception as exc:
         raise StageError(f"ORT quantization pre-processing failed: {str(exc).splitlines()[0][:300]}") from None
 
@@ -236,7 +237,8 @@ def _dynamic_onnxruntime(cfg: QuantizeConfig, artifact: OnnxModel, ctx: StageCon
     ctx.log(f"ORT quantize_dynamic ({'reduce_range' if reduce_range else 'full range'})")
     try:
         with contextlib.chdir(ctx.out_dir):  # ORT writes shape-inference temp files into the working directory
-            quant_pre_process(str(artifact.path), str(prepared), skip_symbolic_shape=False, auto_merge=True)
+            quant_pre_process(str(artifact.path.absolute()), str(prepared.absolute()), skip_symbolic_shape=False,
+                              auto_merge=True)
         quantize_dynamic(str(prepared), str(path), weight_type=QuantType.QInt8, per_channel=cfg.per_channel,
                          reduce_range=reduce_range, nodes_to_exclude=list(cfg.ignore) or None)
     except CompressError:
