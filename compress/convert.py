@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .artifacts import Artifact, OnnxModel, OpenVinoModel, TorchModel
-from .errors import StageError
+from .errors import StageError, first_line
 from .models import ModelSpec
 
 
@@ -27,7 +27,7 @@ def torch_to_onnx(module, spec: ModelSpec, path: Path, *, opset: int = 17) -> No
                               input_names=names, output_names=list(spec.outputs), dynamic_axes=axes,
                               do_constant_folding=True)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise StageError(f"ONNX export failed: {first[:400]}",
                              hint="Try another opset, or simplify the model's Python control flow.") from None
 
@@ -61,7 +61,7 @@ def to_openvino(artifact: Artifact, spec: ModelSpec):
     except StageError:
         raise
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise StageError(f"OpenVINO conversion failed: {first[:400]}") from None
     for port, s in zip(model.inputs, spec.inputs):
         port.get_tensor().set_names({s.name})

@@ -7,6 +7,12 @@ EXIT_INVALID_INPUT = 2
 EXIT_GATE_FAILED = 3
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class CompressError(Exception):
     """Base of every error `compress` raises on purpose."""
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import Artifact, OnnxModel, TorchModel
-from ..errors import InputError, ModelError
+from ..errors import InputError, ModelError, first_line
 from ..recipe import InputSpec, ModelConfig
 
 
@@ -199,7 +199,7 @@ def _load_torch(cfg: ModelConfig, base_dir: Path, seed: int) -> tuple[TorchModel
         raise
     except Exception as exc:
         shapes = ", ".join(f"{s.name} {s.shape} {s.dtype}" for s in spec.inputs)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ModelError(f"the model does not accept the recipe's input ({shapes}): {first}",
                          where="model.input", hint="Set model.input.shape (batch first) and dtype to what the model takes.") from None
     if not outs:
@@ -228,7 +228,7 @@ def check_onnx_file(path: Path, where: str):
         onnx.checker.check_model(str(path))
         return onnx.load(str(path), load_external_data=False)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ModelError(f"{path} is not a valid ONNX model ({first[:200]})", where=where,
                          hint="Re-export it, or check that the file was copied completely.") from None
 

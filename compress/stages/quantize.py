@@ -50,8 +50,6 @@ def _quantize_nncf(cfg: QuantizeConfig, artifact, ctx: StageContext) -> OpenVino
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-    if artifact.precision != "fp32":
-        raise InputError(f"the model is already {artifact.precision}; quantize an FP32 model", where=ctx.where)
     model = to_openvino(artifact, ctx.spec)
     count = _samples(cfg, ctx)
     advanced = None
@@ -154,8 +152,6 @@ def _agreement(candidate: Path, fp32: list[list[np.ndarray]], feeds: list[dict],
 def _quantize_onnxruntime(cfg: QuantizeConfig, artifact: OnnxModel, ctx: StageContext) -> OnnxModel:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if artifact.precision != "fp32":
-        raise InputError(f"the model is already {artifact.precision}; quantize an FP32 model", where=ctx.where)
     count = _samples(cfg, ctx)
     work = ctx.out_dir / "work"
     work.mkdir()
@@ -223,8 +219,6 @@ def _dynamic_onnxruntime(cfg: QuantizeConfig, artifact: OnnxModel, ctx: StageCon
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if artifact.precision != "fp32":
-        raise InputError(f"the model is already {artifact.precision}; quantize an FP32 model", where=ctx.where)
     if cfg.scheme == "auto":
         reduce_range = not ctx.machine.get("vnni")
         reason = ("this CPU has VNNI: full-range U8S8" if not reduce_range else
@@ -263,8 +257,6 @@ def _dynamic_onnxruntime(cfg: QuantizeConfig, artifact: OnnxModel, ctx: StageCon
 def _dynamic_openvino(cfg: QuantizeConfig, artifact, ctx: StageContext) -> OpenVinoModel:
     import nncf
 
-    if artifact.precision != "fp32":
-        raise InputError(f"the model is already {artifact.precision}; quantize an FP32 model", where=ctx.where)
     model = to_openvino(artifact, ctx.spec)
     ctx.log("NNCF INT8 weight compression (OpenVINO quantizes activations at run time)")
     ignored = nncf.IgnoredScope(names=list(cfg.ignore)) if cfg.ignore else None
@@ -289,6 +281,8 @@ def _dynamic_openvino(cfg: QuantizeConfig, artifact, ctx: StageContext) -> OpenV
 
 @register(QuantizeConfig, accepts=_accepts)
 def quantize(cfg: QuantizeConfig, artifact, ctx: StageContext):
+    if artifact.precision != "fp32":
+        raise InputError(f"the model is already {artifact.precision}; quantize an FP32 model", where=ctx.where)
     backends = {("static", "openvino"): _quantize_nncf, ("static", "onnxruntime"): _quantize_onnxruntime,
                 ("dynamic", "openvino"): _dynamic_openvino, ("dynamic", "onnxruntime"): _dynamic_onnxruntime}
     return backends[cfg.mode, cfg.backend](cfg, artifact, ctx)
