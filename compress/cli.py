@@ -39,6 +39,30 @@ class ConsoleReporter:
         if not self.quiet:
             err.print(f"[dim]{time.perf_counter() - self.t0:7.1f}s   {text}[/]")
 
+    def progress(self, description: str, total: int):
+        from .pipeline import Progress
+
+        return Progress() if self.quiet else _Bar(description, total)
+
+
+class _Bar:
+    """A transient rich progress bar on stderr with live fields (e.g. the running loss)."""
+
+    def __init__(self, description: str, total: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("          {task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=err, transient=True)
+        self.task = self.bar.add_task(description, total=total, info="")
+        self.bar.start()
+
+    def update(self, advance: int = 1, **fields) -> None:
+        info = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items())
+        self.bar.update(self.task, advance=advance, info=info)
+
+    def close(self) -> None:
+        self.bar.stop()
+
 
 @app.callback()
 def _options(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors.")):
@@ -119,9 +143,10 @@ def run(recipe: Optional[Path] = typer.Argument(None, help="recipe .yaml"),
     if (recipe is None) == (resume is None):
         raise InputError("give a recipe file, or --resume <run folder>, not both")
     # Backends draw progress bars on stdout; keep stdout for the result (and pure JSON with --json).
-    sink = open(os.devnull, "w") if quiet else sys.stderr
     reporter = ConsoleReporter(quiet or as_json)
-    with contextlib.redirect_stdout(sink):
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(open(os.devnull, "w")) if quiet else sys.stderr
+        stack.enter_context(contextlib.redirect_stdout(sink))
         if resume is not None:
             result = api_resume(resume, reporter=reporter, cache=not no_cache)
         else:

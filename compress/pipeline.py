@@ -68,19 +68,28 @@ class Plan:
 
 def plan(recipe: Recipe, base_dir: Path, *, in_memory_model: bool = False) -> Plan:
     current: type = OnnxModel if recipe.model.source == "onnx" and not in_memory_model else TorchModel
-    planned, counts, last_target, quantized_at = [], {}, None, None
+    planned, counts, last_target, quantized_at, quantized_by = [], {}, None, None, None
     for i, cfg in enumerate(recipe.stages):
         where = f"stages[{i}]"
         if cfg.type == "prune" and cfg.finetune is not None and recipe.data.train is None:
             raise ChainError("fine-tuning needs training data", where=f"{where}.finetune",
                              hint="Add data.train (same formats as calibration/eval).")
+        if cfg.type == "qat" and recipe.data.train is None:
+            raise ChainError("quantization-aware training needs training data: the recipe has no data.train",
+                             where=where, hint="Add data.train (same formats as calibration/eval), or use a "
+                                               "`quantize` stage (post-training, calibration data only).")
         if cfg.type == "prune" and quantized_at is not None:
             raise ChainError(f"prune before quantizing: {quantized_at} already quantized the model", where=where)
-        if cfg.type == "quantize":
+        if cfg.type in ("export", "compile") and quantized_by == "torch":
+            raise ChainError(f"{quantized_at} quantized the model with torchao (backend torch), which cannot be "
+                             "exported to ONNX or OpenVINO", where=where,
+                             hint="For ONNX Runtime or OpenVINO, put `export` first and quantize with backend "
+                                  "onnxruntime or openvino; backend torch is for models that ship as torch.")
+        if cfg.type in ("quantize", "qat"):
             if quantized_at is not None:
                 raise ChainError(f"the model is already quantized by {quantized_at}; quantize once",
                                  where=where, hint="Remove one of the quantize stages.")
-            quantized_at = where
+            quantized_at, quantized_by = where, cfg.backend
         target = None
         if isinstance(cfg, CompileConfig):
             target = resolve_target(cfg.target, base_dir=base_dir, where=f"{where}.target")
@@ -101,11 +110,20 @@ def plan(recipe: Recipe, base_dir: Path, *, in_memory_model: bool = False) -> Pl
 
 
 # ---------------------------------------------------------------- run
+class Progress:
+    """A bar for one loop (training steps); `update` moves it and shows live fields (loss...)."""
+
+    def update(self, advance: int = 1, **fields) -> None: ...
+    def close(self) -> None: ...
+
+
 class Reporter:
     """Progress sink; the CLI passes a rich one, the API a silent one."""
 
     def step(self, text: str) -> None: ...
     def log(self, text: str) -> None: ...
+    def progress(self, description: str, total: int) -> Progress:
+        return Progress()
 
 
 @dataclass
@@ -228,6 +246,23 @@ class _Runner:
         name, value = self._primary(record)
         record["primary"] = {"name": name, "value": value}
         self.baselines[runtime] = record
+        return record
+
+    def _checkpoint_record(self, artifact: Artifact, label: str) -> dict:
+        """Validate an intermediate artifact a stage produces (e.g. QAT's PTQ starting point) exactly
+        like a stage's output: metric and delta vs the reference, agreement, latency paired with the
+        FP32 baseline on its runtime. The stage stores the record in its details."""
+        baseline = self._baseline(artifact.runtime)
+        record, _ = self._validate(artifact, label, inference_precision=getattr(artifact, "inference_precision", None),
+                                   paired_with=baseline["label"])
+        name, value = self._primary(record)
+        record.pop("artifact")
+        record.update(primary={"name": name, "value": value,
+                               "delta": value - self.baselines[self.reference.runtime]["primary"]["value"],
+                               "higher_is_better": self.higher_is_better},
+                      speedup={"vs_fp32_same_runtime": record["baseline_latency_paired"]["p50_ms"]
+                               / record["latency"]["p50_ms"], "baseline": baseline["name"]},
+                      precision=artifact.precision, artifact_type=artifact.kind)
         return record
 
     def _primary(self, record: dict) -> tuple[str, float]:
@@ -394,7 +429,9 @@ class _Runner:
                                calibration=self.calibration, machine=self.machine, where=planned.where,
                                target=planned.target, reference=self.reference, log=self.reporter.log,
                                eval=self.eval, train=self.train, threads=self.plan.threads, batch=self.plan.batch,
-                               final_runtime=self.plan.stages[-1].output_type.runtime)
+                               final_runtime=self.plan.stages[-1].output_type.runtime, run_dir=self.run_dir,
+                               progress=self.reporter.progress, validate=self._checkpoint_record,
+                               stage_dir=stage_dir)
             key = self._stage_key(planned, artifact, input_id, versions)
             started = time.perf_counter()
             output, reused = self._reuse(stage_dir, key)
@@ -488,7 +525,7 @@ def evaluate_gates(recipe: Recipe, final: dict, reference: dict, stages: list[di
             gates.append({"gate": "prune_budget", "threshold": budget["target"], "value": reached, "passed": False,
                           "detail": f"stage {stage['name']} could not meet {budget['target']} within max_ratio; "
                                     f"best reached: {got} (that model was kept and validated)"})
-        if stage["type"] == "quantize" and stage["details"].get("quantize_ops") == 0:
+        if stage["type"] in ("quantize", "qat") and stage["details"].get("quantize_ops") == 0:
             gates.append({"gate": "quantized", "threshold": "> 0 quantized ops", "value": 0, "passed": False,
                           "detail": f"stage {stage['name']} quantized no layer: {'; '.join(stage['notes'])}"})
     if g.max_accuracy_drop is not None:

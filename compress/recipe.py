@@ -143,7 +143,9 @@ class QuantizeConfig(StageBase):
     mode: Literal["static", "dynamic"] = Field(
         "static", description="static: INT8 activations from calibration; dynamic: INT8 weights, activations "
                               "quantized at run time (no calibration)")
-    backend: Literal["openvino", "onnxruntime"]
+    backend: Literal["openvino", "onnxruntime", "torch"] = Field(
+        description="openvino: NNCF; onnxruntime: ORT quantize_static/quantize_dynamic; torch: torchao "
+                    "(mode dynamic only, the model stays a torch module)")
     method: Literal["minmax", "percentile", "entropy"] | None = Field(
         None, description="activation range estimation; default: the backend's own default"
     )
@@ -166,6 +168,12 @@ class QuantizeConfig(StageBase):
             if self.scheme not in ("auto", "u8s8", "u8s8_reduce_range"):
                 raise ValueError("mode dynamic takes scheme auto, u8s8 or u8s8_reduce_range (ORT quantizes "
                                  "activations to uint8 at run time)")
+        if self.backend == "torch":
+            if self.mode != "dynamic":
+                raise ValueError("backend 'torch' offers mode dynamic only (torchao INT8 weights + dynamic INT8 "
+                                 "activations); for static INT8 use backend openvino or onnxruntime")
+            if self.scheme != "auto" or not self.per_channel or self.ignore:
+                raise ValueError("'scheme', 'per_channel' and 'ignore' do not apply to backend torch")
         if self.backend == "openvino":
             if self.method == "entropy":
                 raise ValueError("method 'entropy' is not offered by NNCF; use minmax or percentile")
@@ -257,8 +265,42 @@ class PruneConfig(StageBase):
         return self
 
 
-StageConfig = Annotated[Union[PruneConfig, QuantizeConfig, ExportConfig, CompileConfig], Field(discriminator="type")]
-STAGE_TYPES = ("prune", "quantize", "export", "compile")
+class QatFinetune(FinetuneConfig):
+    """Fine-tuning with fake-quant inserted: gentler defaults than after pruning."""
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-4, gt=0, le=10)
+
+
+class QatConfig(StageBase):
+    type: Literal["qat"]
+    backend: Literal["openvino", "onnxruntime"] = Field(
+        description="openvino: NNCF fake-quant -> OpenVINO IR; onnxruntime: NNCF fake-quant -> ONNX QDQ")
+    samples: int | None = Field(None, ge=1, le=MAX_SAMPLES,
+                                description="calibration samples that initialise the quantizer ranges (default 300)")
+    preset: Literal["performance", "mixed"] = Field(
+        "performance", description="performance: symmetric activations; mixed: asymmetric activations")
+    ignore: list[str] = Field(default_factory=list, description="module names to keep in float")
+    fold_bn: bool = Field(True, description="fold BatchNorm into the preceding conv before inserting fake-quant "
+                                            "(the deployed form; the runtimes fold it anyway)")
+    freeze_bn_after: int | None = Field(None, ge=0, le=10_000_000,
+                                        description="steps after which BatchNorm statistics stop updating "
+                                                    "(with fold_bn: false)")
+    freeze_quantizers_after: int | None = Field(None, ge=0, le=10_000_000,
+                                                description="steps after which the quantizer ranges stop training")
+    finetune: QatFinetune = Field(default_factory=QatFinetune)
+
+    @model_validator(mode="after")
+    def _check(self) -> "QatConfig":
+        if self.freeze_bn_after is not None and self.fold_bn:
+            raise ValueError("'freeze_bn_after' needs 'fold_bn: false' (folded BatchNorm has no statistics to freeze)")
+        if self.backend == "onnxruntime" and self.preset != "performance":
+            raise ValueError("'preset' applies to backend openvino only (ONNX Runtime QDQ export is symmetric)")
+        return self
+
+
+StageConfig = Annotated[Union[PruneConfig, QuantizeConfig, QatConfig, ExportConfig, CompileConfig],
+                        Field(discriminator="type")]
+STAGE_TYPES = ("prune", "quantize", "qat", "export", "compile")
 
 
 # ---------------------------------------------------------------- gates, latency, recipe

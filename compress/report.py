@@ -34,24 +34,28 @@ def _mmacs(record: dict) -> str:
     return "–" if not record.get("macs") else f"{record['macs'] / 1e6:.1f}"
 
 
+def _row(stage: str, record: dict, artifact: dict, delta: str, speedup: str) -> dict:
+    return {"stage": stage, "artifact": artifact["type"], "runtime": record["runtime"],
+            "precision": artifact["precision"], "metric": _metric_cell(record), "delta": delta,
+            "agreement": _agreement_cell(record), "p50": _fmt(record["latency"]["p50_ms"], 3),
+            "p99": _fmt(record["latency"]["p99_ms"], 3), "speedup": speedup,
+            "size": _fmt(artifact.get("size_mb"), 3), "params": record.get("params"), "macs": _mmacs(record)}
+
+
 def rows(report: dict) -> list[dict]:
     """One row per FP32 baseline and per stage, in the order a reader wants them."""
     out = []
     for name, base in report["baselines"].items():
-        out.append({"stage": f"fp32 {name}", "artifact": base["artifact"]["type"], "runtime": name,
-                    "precision": "fp32", "metric": _metric_cell(base), "delta": "–",
-                    "agreement": _agreement_cell(base), "p50": _fmt(base["latency"]["p50_ms"], 3),
-                    "p99": _fmt(base["latency"]["p99_ms"], 3), "speedup": "1.00x",
-                    "size": _fmt(base["artifact"].get("size_mb"), 3), "params": base.get("params"),
-                    "macs": _mmacs(base)})
+        out.append(_row(f"fp32 {name}", {**base, "runtime": name}, {**base["artifact"], "precision": "fp32"},
+                        "–", "1.00x"))
     for stage in report["stages"]:
-        out.append({"stage": stage["name"] + (" (cached)" if stage.get("cached") else ""), "artifact": stage["artifact"]["type"], "runtime": stage["runtime"],
-                    "precision": stage["artifact"]["precision"], "metric": _metric_cell(stage),
-                    "delta": f"{stage['primary']['delta']:+.2f}", "agreement": _agreement_cell(stage),
-                    "p50": _fmt(stage["latency"]["p50_ms"], 3), "p99": _fmt(stage["latency"]["p99_ms"], 3),
-                    "speedup": f"{stage['speedup']['vs_fp32_same_runtime']:.2f}x",
-                    "size": _fmt(stage["artifact"].get("size_mb"), 3), "params": stage.get("params"),
-                    "macs": _mmacs(stage)})
+        ptq = stage["details"].get("ptq")
+        if ptq is not None:   # QAT's starting point: post-training quantization, validated the same way
+            out.append(_row(f"{stage['name']}: PTQ start", ptq,
+                            {"type": ptq["artifact_type"], "precision": ptq["precision"]},
+                            f"{ptq['primary']['delta']:+.2f}", f"{ptq['speedup']['vs_fp32_same_runtime']:.2f}x"))
+        out.append(_row(stage["name"] + (" (cached)" if stage.get("cached") else ""), stage, stage["artifact"],
+                        f"{stage['primary']['delta']:+.2f}", f"{stage['speedup']['vs_fp32_same_runtime']:.2f}x"))
     return out
 
 
@@ -98,6 +102,13 @@ def markdown(report: dict) -> str:
         if "parity" in d:
             notes.append(f"{stage['name']}: ONNX vs torch max |diff| {d['parity']['max_abs_diff']:.2e} "
                          f"(allowed {d['parity']['allowed']:.2e})")
+        if d.get("folded_batchnorm"):
+            notes.append(f"{stage['name']}: {d['folded_batchnorm']} BatchNorm layer(s) folded into their convolutions "
+                         "before fake-quant was inserted")
+        if "ptq" in d:
+            notes.append(f"{stage['name']}: 'PTQ start' is the model right after fake-quant insertion and range "
+                         f"calibration on {d['samples']} samples, before training: post-training quantization "
+                         f"(artifact {d['ptq']['path']} in the stage folder)")
         if "finetune" in d:
             notes.append(f"{stage['name']}: fine-tuning " + "; ".join(
                 f"epoch {e['epoch']} loss {e['loss']:.4f}, {e['metric']}" for e in d["finetune"]))

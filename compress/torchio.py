@@ -10,6 +10,7 @@ from pathlib import Path
 from .fsutil import atomic_write_json
 
 STRUCTURE = "structure.json"
+QUANTIZATION = "quantization.json"
 
 
 def _plain(value) -> bool:
@@ -18,11 +19,14 @@ def _plain(value) -> bool:
     return isinstance(value, (tuple, list)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
 
 
-def save_module(module, folder: Path) -> Path:
+def save_module(module, folder: Path, quantization: str | None = None) -> Path:
+    """`quantization` names the torchao scheme whose tensor types the state_dict holds."""
     import torch
 
     path = folder / "model.pt"
     torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, path)
+    if quantization is not None:
+        atomic_write_json(folder / QUANTIZATION, {"scheme": quantization})
     structure = {name: {k: list(v) if isinstance(v, tuple) else v for k, v in vars(mod).items()
                         if not k.startswith("_") and _plain(v)}
                  for name, mod in module.named_modules()}
@@ -40,6 +44,8 @@ def load_module(base, path: Path):
         for key, value in structure.get(name, {}).items():
             if hasattr(mod, key) and _plain(getattr(mod, key)):
                 setattr(mod, key, tuple(value) if isinstance(getattr(mod, key), tuple) else value)
+    if (path.parent / QUANTIZATION).is_file():
+        import torchao.quantization  # noqa: F401  (registers its tensor types as safe for weights_only loading)
     state = torch.load(path, map_location="cpu", weights_only=True)
     for key, tensor in state.items():
         owner_name, _, attr = key.rpartition(".")

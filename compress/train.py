@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 
 from .data import Dataset
-from .errors import StageError
+from .errors import InputError
 from .recipe import FinetuneConfig
 
 
@@ -29,17 +29,29 @@ def _first(out):
     return _first(out[0])
 
 
+class TrainingDiverged(InputError):
+    """The loss became NaN/inf. The module holds the weights of the last good epoch (`epoch`
+    finished epochs; 0: the weights training started from)."""
+
+    def __init__(self, message: str, *, epoch: int, where: str, hint: str):
+        self.epoch = epoch
+        super().__init__(message, where=where, hint=hint)
+
+
 def finetune(module, teacher, train: Dataset, cfg: FinetuneConfig, *, log: Callable[[str], None],
-             evaluate: Callable[[object], str], where: str, threads: int, masks: dict | None = None) -> list[dict]:
+             evaluate: Callable[[object], str], where: str, threads: int, masks: dict | None = None,
+             on_step: Callable[[int], None] | None = None, progress=None, seed: int = 0) -> list[dict]:
     """Train `module` in place. Returns one record per epoch (loss, metric text). `masks` (module
-    name -> bool tensor) keeps pruned weights at zero."""
+    name -> bool tensor) keeps pruned weights at zero; `on_step(global_step)` runs before each
+    optimizer step (freezing schedules); `progress(description, total)` gives a bar per epoch."""
     import torch
     import torch.nn.functional as F
 
     torch.set_num_threads(threads)
+    torch.manual_seed(seed)   # dropout and friends: the same recipe trains the same weights
     use_labels = train.has_labels
     if not use_labels and cfg.distill is None:
-        raise StageError("fine-tuning needs labels in data.train or `distill:` from the FP32 model",
+        raise InputError("fine-tuning needs labels in data.train or `distill:` from the FP32 model",
                          where=f"{where}.finetune")
     alpha = cfg.distill.alpha if cfg.distill else 0.0
     if not use_labels:
@@ -55,11 +67,17 @@ def finetune(module, teacher, train: Dataset, cfg: FinetuneConfig, *, log: Calla
     if teacher is not None:
         teacher.eval()
     history = []
+    steps_per_epoch = max(1, -(-len(train) // cfg.batch_size))
+    global_step = 0
     for epoch in range(cfg.epochs):
         good = copy.deepcopy(module.state_dict())
         module.train()
         total, count = 0.0, 0
-        for step, (feeds, labels) in enumerate(train.batches(cfg.batch_size)):
+        bar = progress(f"epoch {epoch + 1}/{cfg.epochs}", steps_per_epoch) if progress else None
+        for step, (feeds, labels) in enumerate(train.batches(cfg.batch_size, shuffle=seed + epoch)):
+            if on_step is not None:
+                on_step(global_step)
+            global_step += 1
             inputs = _tensors(feeds)
             logits = _first(module(*inputs))
             loss = torch.zeros((), dtype=logits.dtype)
@@ -75,11 +93,14 @@ def finetune(module, teacher, train: Dataset, cfg: FinetuneConfig, *, log: Calla
                     kd = F.mse_loss(logits, target)
                 loss = loss + alpha * kd
             if not math.isfinite(float(loss.detach())):
+                if bar is not None:
+                    bar.close()
                 module.load_state_dict(good)
                 module.eval()
-                raise StageError(f"the training loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}; "
-                                 "the weights from the start of that epoch were kept",
-                                 where=f"{where}.finetune.lr", hint="Lower the learning rate.")
+                raise TrainingDiverged(f"the training loss became {float(loss.detach())} at epoch {epoch + 1}, "
+                                       f"step {step + 1}; training stopped", epoch=epoch,
+                                       where=f"{where}.finetune.lr",
+                                       hint="Lower the learning rate, or check data.train for extreme values.")
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -93,6 +114,10 @@ def finetune(module, teacher, train: Dataset, cfg: FinetuneConfig, *, log: Calla
             n = len(inputs[0])
             total += float(loss.detach()) * n
             count += n
+            if bar is not None:
+                bar.update(1, loss=total / count)
+        if bar is not None:
+            bar.close()
         module.eval()
         metric = evaluate(module)
         record = {"epoch": epoch + 1, "loss": total / max(count, 1), "metric": metric}

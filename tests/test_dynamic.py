@@ -69,3 +69,58 @@ def test_dynamic_refuses_calibration_options(extra):
     with pytest.raises(RecipeError, match="dynamic"):
         parse_recipe(fashion_recipe([{"type": "export"}, {"type": "quantize", "mode": "dynamic",
                                                           "backend": "onnxruntime", **extra}]))
+
+
+LSTM_RECIPE = ROOT / "recipes" / "dynamic-lstm-onnxruntime.yaml"
+
+
+def _lstm_recipe(stages: list[dict]) -> dict:
+    recipe = yaml.safe_load(LSTM_RECIPE.read_text())
+    recipe["stages"] = stages
+    recipe["data"]["eval"]["samples"] = 400
+    recipe["latency"] = {"warmup": 1, "runs": 4}
+    recipe.pop("gates")
+    return recipe
+
+
+def test_lstm_on_image_rows_quantizes_the_recurrence_on_onnxruntime(tmp):
+    import onnx
+
+    result = compress.run(_lstm_recipe([{"type": "export"}, {"type": "quantize", "mode": "dynamic",
+                                                             "backend": "onnxruntime"}]),
+                          out=tmp, base_dir=LSTM_RECIPE.parent)
+    quant = result.stages[-1]
+    ops = {n.op_type for n in onnx.load(str(result.run_dir / quant["artifact"]["path"])).graph.node}
+    assert "DynamicQuantizeLSTM" in ops                 # the LSTM itself runs with INT8 weights
+    assert result.report["reference"]["primary"]["value"] > 85     # real trained weights on real images
+    assert abs(quant["primary"]["delta"]) <= 1.0
+
+
+def test_lstm_on_openvino_says_how_little_became_int8(tmp):
+    result = compress.run(_lstm_recipe([{"type": "quantize", "mode": "dynamic", "backend": "openvino"}]),
+                          out=tmp, base_dir=LSTM_RECIPE.parent)
+    quant = result.stages[-1]
+    assert quant["details"]["int8_weight_share"] < 0.05          # only the classifier head
+    assert any("LSTMSequence weights stay FP32" in n for n in quant["notes"])
+
+
+def test_torch_backend_keeps_a_torch_model_with_int8_linear_layers(tmp):
+    recipe = _text_recipe([{"type": "quantize", "mode": "dynamic", "backend": "torch"}])
+    result = compress.run(recipe, out=tmp, base_dir=RECIPE.parent)
+    quant = result.stages[0]
+    assert quant["runtime"] == "torch" and quant["artifact"]["precision"] == "int8"
+    assert quant["details"]["quantize_ops"] == quant["details"]["linear_layers"] > 0
+    assert quant["agreement"]["embedding"]["cosine"] > 0.99
+    assert (result.run_dir / "stages" / "01-quantize" / "quantization.json").is_file()
+    again = compress.run(recipe, out=tmp, base_dir=RECIPE.parent)      # reloaded from the state_dict
+    assert again.stages[0]["cached"] == "cache"
+    assert again.stages[0]["agreement"]["embedding"]["cosine"] == pytest.approx(quant["agreement"]["embedding"]["cosine"])
+
+
+def test_torch_backend_cannot_be_exported_and_is_dynamic_only(tmp):
+    from compress.errors import ChainError
+
+    with pytest.raises(ChainError, match="torchao"):
+        compress.validate(_text_recipe([{"type": "quantize", "mode": "dynamic", "backend": "torch"}, {"type": "export"}]))
+    with pytest.raises(RecipeError, match="mode dynamic only"):
+        parse_recipe(_text_recipe([{"type": "quantize", "backend": "torch"}]))

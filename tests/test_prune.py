@@ -107,3 +107,62 @@ def test_ignore_naming_a_missing_module_is_exit_2(tmp):
     recipe = _recipe([{"type": "prune", "ratio": 0.3, "ignore": ["clasifier"]}])
     result = cli("run", write_recipe(tmp, recipe), "--out", tmp / "runs")
     assert result.returncode == 2 and "clasifier" in result.stderr and "classifier" in result.stderr
+
+
+RAW_PARAMETER_MODEL = """
+import torch
+import torch.nn.functional as F
+
+
+class RawConv(torch.nn.Module):   # a custom layer with a raw weight, applied with F.conv2d
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(16, 16, 3, 3) * 0.1)
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, padding=1)
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, 16, 3, padding=1)
+        self.custom = RawConv()
+        self.head = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.head(self.custom(self.stem(x).relu()).relu().mean((2, 3)))
+
+
+class HardCoded(torch.nn.Module):   # the channel count is baked into a view
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, 16, 3, stride=4)
+        self.body = torch.nn.Conv2d(16, 32, 3)
+        self.head = torch.nn.Linear(32 * 25, 10)
+
+    def forward(self, x):
+        return self.head(self.body(self.stem(x).relu()).relu().view(-1, 32 * 25))
+"""
+
+
+@pytest.mark.parametrize("factory, named", [("Net", "layer 'custom' uses raw parameter(s) custom.weight"),
+                                            ("HardCoded", "hard-coded channel count")])
+def test_model_torch_pruning_cannot_trace_is_one_clear_error_naming_the_layer(tmp, factory, named):
+    (tmp / "odd.py").write_text(RAW_PARAMETER_MODEL)
+    recipe = _recipe([{"type": "prune", "ratio": 0.5}])
+    recipe["model"] = {"source": "python", "factory": f"{tmp / 'odd.py'}:{factory}", "input": {"shape": [1, 1, 28, 28]}}
+    proc = cli("run", write_recipe(tmp, recipe), "--out", tmp / "runs", "-q")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    text = " ".join(proc.stderr.split())
+    assert "error: stages[0]:" in text and named in text and "ignore:" in text
+    run_dir = next((tmp / "runs").iterdir())
+    assert not (run_dir / "stages" / "01-prune").exists() and not (run_dir / "report.json").exists()
+
+
+def test_the_suggested_ignore_list_makes_the_raw_parameter_model_prunable(tmp):
+    (tmp / "odd.py").write_text(RAW_PARAMETER_MODEL)
+    recipe = _recipe([{"type": "prune", "ratio": 0.5, "ignore": ["stem", "custom", "head"]}])
+    recipe["model"] = {"source": "python", "factory": f"{tmp / 'odd.py'}:Net", "input": {"shape": [1, 1, 28, 28]}}
+    recipe["metric"] = {"primary": "cosine"}
+    assert compress.run(recipe, out=tmp).passed

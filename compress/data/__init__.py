@@ -55,9 +55,11 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.indices)
 
-    def batches(self, batch_size: int) -> Iterator[Batch]:
-        for start in range(0, len(self.indices), batch_size):
-            index = self.indices[start:start + batch_size]
+    def batches(self, batch_size: int, shuffle: int | None = None) -> Iterator[Batch]:
+        """Batches in file order, or in a random order drawn from seed `shuffle` (training epochs)."""
+        indices = self.indices if shuffle is None else np.random.default_rng(shuffle).permutation(self.indices)
+        for start in range(0, len(indices), batch_size):
+            index = indices[start:start + batch_size]
             feeds, labels = self._read(index)
             _check_finite(feeds, self.where)
             yield feeds, labels
@@ -215,7 +217,8 @@ class PythonDataset(Dataset):
             feeds[spec.name] = _normalize(array, self.transform, spec.dtype, where)
         return feeds
 
-    def batches(self, batch_size: int) -> Iterator[Batch]:
+    def batches(self, batch_size: int, shuffle: int | None = None) -> Iterator[Batch]:
+        """The factory's batches in the factory's order (`shuffle` is the factory's business)."""
         try:
             stream = self.factory(**self.kwargs)
             iterator = iter(stream)

@@ -32,6 +32,10 @@ class StageContext:
     final_runtime: str = "torch"                 # where the chain's last artifact runs (budgets are timed there)
     log: Callable[[str], None] = lambda msg: None
     details: dict = field(default_factory=dict)  # stage-specific facts for the report
+    run_dir: Path | None = None                  # the run folder (failed stages may leave checkpoints there)
+    stage_dir: Path | None = None                # where out_dir lands when the stage succeeds
+    progress: Callable[[str, int], object] | None = None   # a bar for long loops: progress(description, total)
+    validate: Callable[[Artifact, str], dict] | None = None  # validate an intermediate artifact like a stage output
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,7 @@ def register(config_cls: type, accepts: Callable[[object, Target | None], dict[t
 
 
 def handler_for(config) -> Handler:
-    from . import compile as _compile, export as _export, prune as _prune, quantize as _quantize  # noqa: F401
+    from . import compile as _compile, export as _export, prune as _prune, qat as _qat, quantize as _quantize  # noqa: F401
 
     try:
         return HANDLERS[type(config)]
@@ -76,3 +80,21 @@ def _detail(config, target: Target | None) -> str:
     if target is not None:
         return f" for target {target.name}"
     return ""
+
+
+def keep_last_good(ctx: StageContext, exc, save: Callable[[Path], Artifact]):
+    """Training diverged (`exc`: a TrainingDiverged; the model already holds its last good weights).
+    Save that model with `save(folder)` to `<run>/checkpoints/<stage>-epoch<k>/` and return the
+    error to raise, naming the checkpoint. The stage itself still fails: nothing looks finished."""
+    from ..fsutil import atomic_dir
+    from ..train import TrainingDiverged
+
+    if ctx.run_dir is None or ctx.stage_dir is None:
+        return exc
+    folder = ctx.run_dir / "checkpoints" / f"{ctx.stage_dir.name}-epoch{exc.epoch}"
+    folder.parent.mkdir(exist_ok=True)
+    with atomic_dir(folder) as tmp:
+        name = save(tmp).path.name
+    what = "the starting weights" if exc.epoch == 0 else f"the weights after epoch {exc.epoch}"
+    return TrainingDiverged(f"{exc.message}; {what}, the last good ones, are kept in {folder / name}",
+                            epoch=exc.epoch, where=exc.where, hint=exc.hint)

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
+import warnings
 
 import numpy as np
 
 from ..artifacts import OnnxModel, OpenVinoModel, TorchModel
-from ..errors import InputError, StageError
+from ..errors import InputError, ModelError, StageError, first_line
 from ..recipe import PruneConfig
 from ..torchio import save_module
 from ..validation import latency_feeds, measure_latency
-from . import StageContext, register
+from . import StageContext, keep_last_good, register
 
 
 def count_macs(module, spec) -> tuple[int, int]:
@@ -104,13 +106,21 @@ def _channel(cfg: PruneConfig, module, ctx: StageContext) -> dict:
     steps = cfg.steps if budget is not None else 1
     ratio = cfg.max_ratio if budget is not None else cfg.ratio
     try:
-        pruner = tp.pruner.MetaPruner(module, example if len(example) > 1 else example[0], importance=_importance(cfg.importance),
-                                      global_pruning=cfg.scope == "global", pruning_ratio=ratio,
-                                      max_pruning_ratio=cfg.max_ratio, iterative_steps=steps,
-                                      ignored_layers=ignored, round_to=cfg.round_to)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pruner = tp.pruner.MetaPruner(module, example if len(example) > 1 else example[0],
+                                          importance=_importance(cfg.importance), global_pruning=cfg.scope == "global",
+                                          pruning_ratio=ratio, max_pruning_ratio=cfg.max_ratio, iterative_steps=steps,
+                                          ignored_layers=ignored, round_to=cfg.round_to)
     except Exception as exc:
-        raise StageError(f"Torch-Pruning cannot trace the model: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
-                         hint="Add the layer it names to `ignore:`, or prune with method unstructured.") from None
+        raise ModelError(f"Torch-Pruning cannot trace the model: {type(exc).__name__}: {first_line(exc)[:300]}",
+                         where=ctx.where, hint="Add the layer it names to `ignore:`, or prune with method "
+                                               "unstructured.") from None
+    raw = [name for w in caught if "nwrapped parameters" in str(w.message) for name in _UNWRAPPED.findall(str(w.message))]
+    ignored_names = {n for n, m in module.named_modules() if any(m is i for i in ignored)}
+    if any((name.rpartition(".")[0] or name) not in ignored_names for name in raw):
+        # Torch-Pruning would guess which dimension of such a parameter to cut: refuse rather than guess
+        raise _untraceable("Torch-Pruning cannot trace the model", raw, None, ctx)
     details: dict = {"method": "channel", "importance": cfg.importance, "scope": cfg.scope, "round_to": cfg.round_to,
                      "ignored": [n for n, m in module.named_modules() if any(m is i for i in ignored)],
                      "macs_before": base_macs, "params_before": base_params}
@@ -122,8 +132,11 @@ def _channel(cfg: PruneConfig, module, ctx: StageContext) -> dict:
         try:
             pruner.step()
         except Exception as exc:
-            raise StageError(f"Torch-Pruning failed while pruning: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
-                             hint="Add the layer it names to `ignore:`.") from None
+            raise _untraceable(f"Torch-Pruning failed while pruning ({type(exc).__name__}: {first_line(exc)[:200]})",
+                               raw, None, ctx) from None
+        layer, error = _failing_layer(module, example)
+        if error is not None:
+            raise _untraceable(f"after pruning, the model no longer runs: {error[:200]}", raw, layer, ctx)
         macs, params = count_macs(module, ctx.spec)
         entry = {"step": step + 1, "macs": macs, "macs_fraction": macs / base_macs, "params": params}
         if budget is not None:
@@ -145,6 +158,53 @@ def _channel(cfg: PruneConfig, module, ctx: StageContext) -> dict:
         details["budget"] = {"target": wanted, "runtime": ctx.final_runtime if budget.macs is None else "MACs",
                              "baseline_latency_ms": base_latency, "met": met, "reached": history[-1]}
     return details
+
+
+_UNWRAPPED = re.compile(r"'([^']+)'")   # names in Torch-Pruning's "Unwrapped parameters detected: [...]"
+
+
+def _failing_layer(module, example) -> tuple[str | None, str | None]:
+    """Run the model once; on failure return the innermost module that was running and the error."""
+    import torch
+
+    stack: list[str] = []
+    names = {m: n for n, m in module.named_modules()}
+    def enter(mod, args) -> None:
+        stack.append(names[mod])
+
+    def leave(mod, args, out) -> None:   # must return None: a value would replace the module's output
+        stack.pop()
+
+    hooks = [m.register_forward_pre_hook(enter) for m in names] + [m.register_forward_hook(leave) for m in names]
+    try:
+        with torch.no_grad():
+            module(*example)
+        return None, None
+    except Exception as exc:
+        return (stack[-1] if stack else ""), f"{type(exc).__name__}: {first_line(exc)}"
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def _untraceable(what: str, raw: list[str], layer: str | None, ctx: StageContext) -> ModelError:
+    """Name the layer Torch-Pruning could not follow: a raw parameter used in a custom forward, or
+    the module where the pruned model breaks."""
+    if raw:
+        owners = sorted({name.rpartition(".")[0] or name for name in raw})
+        culprit = (f"layer {', '.join(repr(o) for o in owners)} uses raw parameter(s) {', '.join(raw)} in its own "
+                   "forward, which Torch-Pruning cannot trace")
+        fix = f"Add {', '.join(repr(o) for o in owners)} and the layer that feeds it to `ignore:`"
+    elif layer:
+        culprit = (f"layer '{layer}' depends on the pruned channels in a way Torch-Pruning cannot trace "
+                   "(e.g. a hard-coded channel count in a reshape or view)")
+        fix = f"Add '{layer}' and the layer that feeds it to `ignore:`"
+    else:
+        culprit = ("the model's own forward depends on the pruned channels in a way Torch-Pruning cannot trace "
+                   "(e.g. a hard-coded channel count in a reshape or view)")
+        fix = "Add the layers around that reshape to `ignore:`"
+    return ModelError(f"{what}: {culprit}", where=ctx.where,
+                      hint=f"{fix}, or prune with method unstructured (which keeps every shape).")
 
 
 def _weights(module, ignored_names: set[str]):
@@ -272,7 +332,7 @@ def prune(cfg: PruneConfig, artifact: TorchModel, ctx: StageContext) -> TorchMod
                      "torch) compute the zeros anyway, so expect no speed-up from it (see the measured latency); "
                      "it pays off with sparse kernels (2:4 on Ampere+ GPUs / TensorRT) or compression")
     if cfg.finetune is not None:
-        from ..train import finetune
+        from ..train import TrainingDiverged, finetune
 
         teacher = ctx.reference.module if cfg.finetune.distill is not None else None
 
@@ -284,8 +344,12 @@ def prune(cfg: PruneConfig, artifact: TorchModel, ctx: StageContext) -> TorchMod
         mask = None
         if cfg.method != "channel":  # keep pruned weights at zero while training
             mask = {n: (m.weight != 0) for n, m in _weights(module, set(cfg.ignore))}
-        details["finetune"] = finetune(module, teacher, ctx.train, cfg.finetune, log=ctx.log, evaluate=metric_text,
-                                       where=ctx.where, threads=ctx.threads, masks=mask)
+        try:
+            details["finetune"] = finetune(module, teacher, ctx.train, cfg.finetune, log=ctx.log,
+                                           evaluate=metric_text, where=ctx.where, threads=ctx.threads, masks=mask,
+                                           progress=ctx.progress, seed=ctx.recipe.seed)
+        except TrainingDiverged as exc:
+            raise keep_last_good(ctx, exc, lambda folder: TorchModel(path=save_module(module, folder))) from None
     macs, params = count_macs(module, ctx.spec)
     details.update(macs=macs, params=params)
     ctx.details.update(details)

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..artifacts import OnnxModel, OpenVinoModel, TorchModel
 from ..convert import count_ops, save_openvino, stamp_onnx, to_openvino
-from ..errors import CompressError, InputError, StageError
+from ..errors import CompressError, InputError, StageError, first_line
 from ..recipe import QuantizeConfig
 from ..runtimes import open_session
 from ..validation import Agreement
@@ -20,6 +20,8 @@ SELECTION_SAMPLES = 256
 
 
 def _accepts(cfg: QuantizeConfig, target) -> dict[type, type]:
+    if cfg.backend == "torch":
+        return {TorchModel: TorchModel}
     if cfg.backend == "openvino":
         return {TorchModel: OpenVinoModel, OnnxModel: OpenVinoModel, OpenVinoModel: OpenVinoModel}
     return {OnnxModel: OnnxModel}
@@ -258,6 +260,8 @@ def _dynamic_openvino(cfg: QuantizeConfig, artifact, ctx: StageContext) -> OpenV
     import nncf
 
     model = to_openvino(artifact, ctx.spec)
+    float_weights = _weight_elements(model, ("f32", "f16", "bf16"))   # before: NNCF compresses in place
+    recurrent = sorted({op.get_type_name() for op in model.get_ops() if op.get_type_name().endswith("Sequence")})
     ctx.log("NNCF INT8 weight compression (OpenVINO quantizes activations at run time)")
     ignored = nncf.IgnoredScope(names=list(cfg.ignore)) if cfg.ignore else None
     try:
@@ -269,13 +273,67 @@ def _dynamic_openvino(cfg: QuantizeConfig, artifact, ctx: StageContext) -> OpenV
     out = save_openvino(compressed, ctx.out_dir / "model.xml", ctx.details.get("stamp", {}))
     from ..runtimes.openvino_runtime import core
 
-    int8_weights = sum(op.get_type_name() == "Constant" and op.get_element_type().get_type_name() in ("u8", "i8")
-                       for op in core().read_model(str(out.path)).get_ops())
-    out.precision = "int8" if int8_weights else "fp32"
+    saved = core().read_model(str(out.path))
+    int8_tensors = sum(_is_weight(op, ("u8", "i8")) for op in saved.get_ops())
+    share = _weight_elements(saved, ("u8", "i8")) / max(float_weights, 1)
+    out.precision = "int8" if int8_tensors else "fp32"
     ctx.details.update(backend="nncf", mode="dynamic", nncf=nncf.__version__, weight_compression="INT8_ASYM",
-                       quantize_ops=int8_weights)
-    if not int8_weights:
+                       quantize_ops=int8_tensors, int8_weight_share=round(share, 4))
+    if not int8_tensors:
         out.notes.append("NNCF found no weights to compress: the artifact stays FP32")
+    elif share < 0.5:
+        why = (f"; {', '.join(recurrent)} weights stay FP32 (NNCF weight compression covers MatMul, "
+               "Convolution and embedding weights only; ONNX Runtime's dynamic quantization covers LSTM/GRU)"
+               if recurrent else "")
+        out.notes.append(f"only {share:.1%} of the weights became INT8{why}: expect little gain in size or speed")
+    return out
+
+
+def _is_weight(op, types: tuple[str, ...]) -> bool:
+    """A constant with two or more dimensions > 1: a weight matrix or kernel, not a bias, scale or zero point."""
+    if op.get_type_name() != "Constant" or op.get_element_type().get_type_name() not in types:
+        return False
+    shape = op.get_output_partial_shape(0)
+    return shape.is_static and sum(d > 1 for d in shape.to_shape()) >= 2
+
+
+def _weight_elements(model, types: tuple[str, ...]) -> int:
+    import math
+
+    return sum(math.prod(op.get_output_partial_shape(0).to_shape()) for op in model.get_ops() if _is_weight(op, types))
+
+
+def _dynamic_torch(cfg: QuantizeConfig, artifact: TorchModel, ctx: StageContext) -> TorchModel:
+    """torchao (the successor of the deprecated torch.ao.quantization): INT8 per-channel weights and
+    per-token INT8 activations quantized at run time, for nn.Linear layers."""
+    import copy
+
+    import torch
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8Tensor, quantize_
+
+    from ..torchio import save_module
+
+    module = copy.deepcopy(artifact.module).eval()
+    ctx.log("torchao Int8DynamicActivationInt8Weight on nn.Linear layers")
+    try:   # set_inductor_config=False: leave torch's global compiler settings alone
+        quantize_(module, Int8DynamicActivationInt8WeightConfig(set_inductor_config=False))
+    except Exception as exc:
+        raise StageError(f"torchao quantization failed: {type(exc).__name__}: {first_line(exc)[:300]}") from None
+    linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+    done = sum(isinstance(m.weight, Int8Tensor) for m in linears)
+    others = sorted({type(m).__name__ for m in module.modules()
+                     if isinstance(m, (torch.nn.LSTM, torch.nn.GRU, torch.nn.RNN, torch.nn.Conv1d, torch.nn.Conv2d,
+                                       torch.nn.Conv3d))})
+    path = save_module(module, ctx.out_dir, quantization="torchao.Int8DynamicActivationInt8WeightConfig")
+    out = TorchModel(path=path, module=module, precision="int8" if done else "fp32")
+    ctx.details.update(backend="torchao", mode="dynamic", quantize_ops=done, linear_layers=len(linears),
+                       torchao_config="Int8DynamicActivationInt8WeightConfig")
+    if not done:
+        out.notes.append("torchao found no nn.Linear layer to quantize: the artifact stays FP32")
+    if others:
+        out.notes.append(f"{', '.join(others)} layers stay FP32: torchao's dynamic INT8 covers nn.Linear only "
+                         "(export to ONNX Runtime for INT8 LSTM/GRU/conv)")
+    out.notes.append("timed in eager mode; torchao's INT8 kernels are fastest under torch.compile")
     return out
 
 
@@ -284,5 +342,6 @@ def quantize(cfg: QuantizeConfig, artifact, ctx: StageContext):
     if artifact.precision != "fp32":
         raise InputError(f"the model is already {artifact.precision}; quantize an FP32 model", where=ctx.where)
     backends = {("static", "openvino"): _quantize_nncf, ("static", "onnxruntime"): _quantize_onnxruntime,
-                ("dynamic", "openvino"): _dynamic_openvino, ("dynamic", "onnxruntime"): _dynamic_onnxruntime}
+                ("dynamic", "openvino"): _dynamic_openvino, ("dynamic", "onnxruntime"): _dynamic_onnxruntime,
+                ("dynamic", "torch"): _dynamic_torch}
     return backends[cfg.mode, cfg.backend](cfg, artifact, ctx)

@@ -1,0 +1,217 @@
+"""qat: TorchModel -> OpenVinoModel (backend openvino) or OnnxModel (backend onnxruntime, QDQ).
+
+NNCF inserts fake-quant (the scheme its OpenVINO/CPU presets use: symmetric per-channel INT8
+weights, INT8 activations) and initialises the ranges from calibration data, which is exactly
+post-training quantization. That starting point is exported and validated on the target runtime,
+then the network and the quantizer ranges are fine-tuned on `data.train` (optionally distilled
+from the FP32 model) and exported again. The report shows FP32 -> PTQ -> QAT side by side.
+"""
+from __future__ import annotations
+
+import copy
+import re
+import warnings
+from itertools import islice
+from pathlib import Path
+
+from ..artifacts import OnnxModel, OpenVinoModel, TorchModel
+from ..convert import count_ops, save_openvino, stamp_onnx, to_openvino, torch_to_onnx
+from ..errors import CompressError, InputError, StageError, first_line
+from ..recipe import QatConfig
+from . import StageContext, keep_last_good, register
+from .prune import _ignored, _torch_metric
+
+DEFAULT_SAMPLES = 300
+
+
+def _weighted_types() -> tuple:
+    import torch
+
+    nn = torch.nn
+    return (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear,
+            nn.LSTM, nn.GRU, nn.RNN, nn.MultiheadAttention, nn.Embedding)
+
+
+def _accepts(cfg: QatConfig, target) -> dict[type, type]:
+    return {TorchModel: OpenVinoModel if cfg.backend == "openvino" else OnnxModel}
+
+
+def fold_batchnorm(module) -> list[tuple[str, str]]:
+    """Fold every BatchNorm that directly follows a conv (and is that conv's only user) into the
+    conv, in place, as deployment runtimes do. Found with torch.fx; a model fx cannot trace keeps
+    its BatchNorm (returns [])."""
+    import torch
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    try:
+        graph = torch.fx.symbolic_trace(module)
+    except Exception:
+        return []
+    modules = dict(graph.named_modules())
+    convs = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+    bns = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
+    pairs = []
+    for node in graph.graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), bns):
+            continue
+        source = node.args[0] if node.args else None
+        if getattr(source, "op", None) == "call_module" and isinstance(modules.get(source.target), convs) \
+                and len(source.users) == 1 and modules[node.target].track_running_stats:
+            pairs.append((source.target, node.target))
+    for conv, bn in pairs:
+        module.set_submodule(conv, fuse_conv_bn_eval(module.get_submodule(conv).eval(), module.get_submodule(bn).eval()))
+        module.set_submodule(bn, torch.nn.Identity())
+    return pairs
+
+
+class _TorchSamples:
+    """Calibration samples as torch tensors (a tuple for multi-input models), re-iterable for NNCF."""
+
+    def __init__(self, ctx: StageContext, count: int):
+        self.ctx, self.count = ctx, count
+
+    def __iter__(self):
+        import torch
+
+        names = [s.name for s in self.ctx.spec.inputs]
+        for feeds in islice(self.ctx.calibration.samples(), self.count):
+            tensors = tuple(torch.from_numpy(feeds[n]) for n in names)
+            yield tensors[0] if len(tensors) == 1 else tensors
+
+    def __len__(self):
+        return self.count
+
+
+def _insert_fake_quant(cfg: QatConfig, module, ctx: StageContext):
+    import nncf
+
+    count = min(cfg.samples or DEFAULT_SAMPLES, len(ctx.calibration))
+    ignored = None
+    if cfg.ignore:
+        _ignored(module, cfg.ignore, ctx.where)   # unknown names: one clear error with suggestions
+        # NNCF's torch node names are the module path with '/' (features/0/0/conv2d/0)
+        ignored = nncf.IgnoredScope(patterns=[f"^{re.escape(name.replace('.', '/'))}/" for name in cfg.ignore])
+    preset = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}[cfg.preset]
+    ctx.log(f"NNCF inserts fake-quant; ranges from {count} calibration samples")
+    try:
+        return nncf.quantize(module, nncf.Dataset(_TorchSamples(ctx, count)), preset=preset, subset_size=count,
+                             ignored_scope=ignored), count
+    except CompressError:
+        raise
+    except nncf.ValidationError as exc:
+        raise InputError(f"NNCF rejected the settings: {first_line(exc)[:300]}",
+                         where=f"{ctx.where}.ignore" if cfg.ignore else ctx.where) from None
+    except Exception as exc:
+        raise StageError(f"NNCF could not insert fake-quant: {type(exc).__name__}: {first_line(exc)[:300]}") from None
+
+
+def _export(qmodel, cfg: QatConfig, ctx: StageContext, folder: Path, stamp: dict):
+    """The fake-quant torch model in the target's format: FakeQuantize IR, or ONNX QDQ."""
+    folder.mkdir(parents=True, exist_ok=True)
+    qmodel.eval()
+    with warnings.catch_warnings():   # tracer checks flag fake-quant rounding as "not close": expected
+        warnings.simplefilter("ignore")
+        if cfg.backend == "openvino":
+            out = _to_openvino_ir(qmodel, ctx, folder / "model.xml", stamp)
+            quantizers = count_ops(out, {"FakeQuantize"})
+        else:
+            out = _to_onnx_qdq(qmodel, ctx, folder / "model.onnx", stamp)
+            quantizers = count_ops(out, {"QuantizeLinear"})
+    out.precision = "int8" if quantizers else "fp32"
+    return out, quantizers
+
+
+def _to_openvino_ir(qmodel, ctx: StageContext, path: Path, stamp: dict) -> OpenVinoModel:
+    import torch
+
+    with torch.no_grad():
+        return save_openvino(to_openvino(TorchModel(path=None, module=qmodel), ctx.spec), path, stamp)
+
+
+def _to_onnx_qdq(qmodel, ctx: StageContext, path: Path, stamp: dict) -> OnnxModel:
+    import nncf
+    import torch
+
+    example = tuple(torch.from_numpy(v) for v in ctx.spec.dummy(batch=1).values())
+    try:   # fake-quant becomes torch.fake_quantize_* ops, which export as QuantizeLinear/DequantizeLinear
+        plain = nncf.strip(qmodel, example_input=example if len(example) > 1 else example[0])
+    except Exception as exc:
+        raise StageError(f"NNCF could not strip the QAT model for export: {first_line(exc)[:300]}") from None
+    torch_to_onnx(plain, ctx.spec, path)
+    stamp_onnx(path, stamp)
+    return OnnxModel(path=path)
+
+
+def _freezer(cfg: QatConfig, qmodel, log):
+    """Called before every optimizer step: stop BatchNorm statistics / quantizer ranges on schedule."""
+    import torch
+    from nncf.torch.quantization.layers import BaseQuantizer
+
+    bns = [m for m in qmodel.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    quantizers = [m for m in qmodel.modules() if isinstance(m, BaseQuantizer)]
+
+    def on_step(step: int) -> None:
+        if cfg.freeze_bn_after is not None and step >= cfg.freeze_bn_after:
+            for bn in bns:
+                bn.eval()   # re-applied every step: finetune() puts the model in train mode each epoch
+            if step == cfg.freeze_bn_after:
+                log(f"step {step}: BatchNorm statistics frozen")
+        if cfg.freeze_quantizers_after is not None and step == cfg.freeze_quantizers_after:
+            for q in quantizers:
+                for p in q.parameters():
+                    p.requires_grad_(False)
+                    p.grad = None
+            log(f"step {step}: quantizer ranges frozen")
+
+    return on_step
+
+
+def _nothing_to_quantize(module, cfg: QatConfig, ctx: StageContext, stamp: dict, details: dict):
+    """No layer NNCF quantizes: export the model as it is, FP32, say why (the `quantized` gate fails)."""
+    ctx.details.update(details)
+    out, _ = _export(module, cfg, ctx, ctx.out_dir, stamp)
+    out.notes.append("the model has no layer to quantize (no convolution or linear layer that NNCF inserts "
+                     "fake-quant for): the artifact stays FP32 and no training ran")
+    return out
+
+
+@register(QatConfig, accepts=_accepts)
+def qat(cfg: QatConfig, artifact: TorchModel, ctx: StageContext):
+    from ..train import TrainingDiverged, finetune
+
+    if artifact.precision != "fp32":
+        raise InputError(f"the model is already {artifact.precision}; QAT starts from an FP32 model", where=ctx.where)
+    module = copy.deepcopy(artifact.module).eval()
+    stamp = ctx.details.get("stamp", {})
+    details = {"backend": "nncf", "export": "OpenVINO IR (FakeQuantize)" if cfg.backend == "openvino" else "ONNX QDQ",
+               "preset": cfg.preset, "quantize_ops": 0}
+    if not any(isinstance(m, _weighted_types()) for m in module.modules()):
+        return _nothing_to_quantize(module, cfg, ctx, stamp, details)
+    folded = fold_batchnorm(module) if cfg.fold_bn else []
+    qmodel, count = _insert_fake_quant(cfg, module, ctx)
+    ptq, quantizers = _export(qmodel, cfg, ctx, ctx.out_dir / "ptq", {**stamp, "checkpoint": "ptq"})
+    details.update(samples=count, folded_batchnorm=len(folded), quantize_ops=quantizers)
+    if quantizers == 0:
+        return _nothing_to_quantize(qmodel, cfg, ctx, stamp, details)
+    if ctx.validate is not None:
+        details["ptq"] = ctx.validate(ptq, f"{ctx.where} PTQ start")
+        details["ptq"]["path"] = "ptq/" + ptq.path.name
+
+    teacher = ctx.reference.module if cfg.finetune.distill is not None else None
+
+    def metric_text(m) -> str:
+        name, value = _torch_metric(m, ctx, cfg.finetune.eval_samples)
+        return f"{name} {value:.2f} (torch fake-quant)"
+
+    ctx.log(f"QAT: {cfg.finetune.epochs} epoch(s), {cfg.finetune.optimizer} lr {cfg.finetune.lr}")
+    try:
+        details["finetune"] = finetune(qmodel, teacher, ctx.train, cfg.finetune, log=ctx.log, evaluate=metric_text,
+                                       where=ctx.where, threads=ctx.threads, on_step=_freezer(cfg, qmodel, ctx.log),
+                                       progress=ctx.progress, seed=ctx.recipe.seed)
+    except TrainingDiverged as exc:
+        raise keep_last_good(ctx, exc, lambda folder: _export(qmodel, cfg, ctx, folder,
+                                                              {**stamp, "checkpoint": f"epoch {exc.epoch}"})[0]) from None
+    out, quantizers = _export(qmodel, cfg, ctx, ctx.out_dir, stamp)
+    details["quantize_ops"] = quantizers
+    ctx.details.update(details)
+    return out
