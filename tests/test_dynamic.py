@@ -14,13 +14,18 @@ from conftest import ROOT, cli, fashion_recipe, write_recipe
 RECIPE = ROOT / "recipes" / "dynamic-transformer-onnxruntime.yaml"
 
 
-def _text_recipe(stages: list[dict]) -> dict:
-    recipe = yaml.safe_load(RECIPE.read_text())
+def _shipped(path, stages: list[dict], eval_samples: int) -> dict:
+    """A shipped recipe with other stages, a smaller eval set, quick timing and no gates."""
+    recipe = yaml.safe_load(path.read_text())
     recipe["stages"] = stages
-    recipe["data"]["eval"]["samples"] = 96
+    recipe["data"]["eval"]["samples"] = eval_samples
     recipe["latency"] = {"warmup": 1, "runs": 4}
     recipe.pop("gates")
     return recipe
+
+
+def _text_recipe(stages: list[dict]) -> dict:
+    return _shipped(RECIPE, stages, 96)
 
 
 def test_dynamic_onnxruntime_on_a_transformer_with_int64_inputs(tmp):
@@ -75,12 +80,7 @@ LSTM_RECIPE = ROOT / "recipes" / "dynamic-lstm-onnxruntime.yaml"
 
 
 def _lstm_recipe(stages: list[dict]) -> dict:
-    recipe = yaml.safe_load(LSTM_RECIPE.read_text())
-    recipe["stages"] = stages
-    recipe["data"]["eval"]["samples"] = 400
-    recipe["latency"] = {"warmup": 1, "runs": 4}
-    recipe.pop("gates")
-    return recipe
+    return _shipped(LSTM_RECIPE, stages, 400)
 
 
 def test_lstm_on_image_rows_quantizes_the_recurrence_on_onnxruntime(tmp):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import re
 import warnings
-from itertools import islice
 from pathlib import Path
 
 from ..artifacts import OnnxModel, OpenVinoModel, TorchModel
@@ -20,6 +19,7 @@ from ..errors import CompressError, InputError, StageError, first_line
 from ..recipe import QatConfig
 from . import StageContext, keep_last_good, register
 from .prune import _ignored, _torch_metric
+from .quantize import CalibrationSamples
 
 DEFAULT_SAMPLES = 300
 
@@ -64,24 +64,6 @@ def fold_batchnorm(module) -> list[tuple[str, str]]:
     return pairs
 
 
-class _TorchSamples:
-    """Calibration samples as torch tensors (a tuple for multi-input models), re-iterable for NNCF."""
-
-    def __init__(self, ctx: StageContext, count: int):
-        self.ctx, self.count = ctx, count
-
-    def __iter__(self):
-        import torch
-
-        names = [s.name for s in self.ctx.spec.inputs]
-        for feeds in islice(self.ctx.calibration.samples(), self.count):
-            tensors = tuple(torch.from_numpy(feeds[n]) for n in names)
-            yield tensors[0] if len(tensors) == 1 else tensors
-
-    def __len__(self):
-        return self.count
-
-
 def _insert_fake_quant(cfg: QatConfig, module, ctx: StageContext):
     import nncf
 
@@ -94,7 +76,7 @@ def _insert_fake_quant(cfg: QatConfig, module, ctx: StageContext):
     preset = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}[cfg.preset]
     ctx.log(f"NNCF inserts fake-quant; ranges from {count} calibration samples")
     try:
-        return nncf.quantize(module, nncf.Dataset(_TorchSamples(ctx, count)), preset=preset, subset_size=count,
+        return nncf.quantize(module, nncf.Dataset(CalibrationSamples(ctx, count, as_torch=True)), preset=preset, subset_size=count,
                              ignored_scope=ignored), count
     except CompressError:
         raise

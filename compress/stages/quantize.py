@@ -31,16 +31,20 @@ def _samples(cfg: QuantizeConfig, ctx: StageContext) -> int:
     return min(cfg.samples or DEFAULT_SAMPLES, len(ctx.calibration))
 
 
-class _CalibrationSamples:
-    """Re-iterable stream of single samples for NNCF (it may pass over the data more than once)."""
+class CalibrationSamples:
+    """Re-iterable stream of single samples for NNCF (it may pass over the data more than once):
+    numpy arrays for OpenVINO models, torch tensors (a tuple for several inputs) for torch models."""
 
-    def __init__(self, ctx: StageContext, count: int):
-        self.ctx, self.count = ctx, count
+    def __init__(self, ctx: StageContext, count: int, as_torch: bool = False):
+        self.ctx, self.count, self.as_torch = ctx, count, as_torch
 
     def __iter__(self):
+        import torch
+
         names = [s.name for s in self.ctx.spec.inputs]
         for feeds in islice(self.ctx.calibration.samples(), self.count):
-            yield feeds[names[0]] if len(names) == 1 else [feeds[n] for n in names]
+            values = [torch.from_numpy(feeds[n]) if self.as_torch else feeds[n] for n in names]
+            yield values[0] if len(values) == 1 else (tuple(values) if self.as_torch else values)
 
     def __len__(self):
         return self.count
@@ -62,7 +66,7 @@ def _quantize_nncf(cfg: QuantizeConfig, artifact, ctx: StageContext) -> OpenVino
     ignored = nncf.IgnoredScope(names=list(cfg.ignore)) if cfg.ignore else None
     ctx.log(f"NNCF calibration on {count} samples")
     try:
-        quantized = nncf.quantize(model, nncf.Dataset(_CalibrationSamples(ctx, count)), preset=preset,
+        quantized = nncf.quantize(model, nncf.Dataset(CalibrationSamples(ctx, count)), preset=preset,
                                   subset_size=count, ignored_scope=ignored, advanced_parameters=advanced)
     except CompressError:
         raise
