@@ -176,3 +176,47 @@ def test_bad_qat_configs(stage, fragment):
 def test_qat_chain_errors(stages, fragment):
     with pytest.raises(ChainError, match=fragment):
         compress.validate(_recipe(stages))
+
+
+def test_freezing_schedules_stop_bn_statistics_and_quantizer_ranges():
+    import nncf
+    from nncf.torch.quantization.layers import BaseQuantizer
+
+    from compress.recipe import QatConfig
+    from compress.stages.qat import _freezer, _wrapped
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 26 * 26, 10)).eval()
+    qmodel = nncf.quantize(_wrapped(model), nncf.Dataset([torch.randn(1, 1, 28, 28) for _ in range(4)]), subset_size=4)
+    cfg = QatConfig(type="qat", backend="openvino", fold_bn=False, freeze_bn_after=3, freeze_quantizers_after=5)
+    on_step, logged = _freezer(cfg, qmodel, print), []
+    quant_params = [p for m in qmodel.modules() if isinstance(m, BaseQuantizer) for p in m.parameters() if p.requires_grad]
+    bn = next(m for m in qmodel.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert quant_params
+    qmodel.train()
+    for step in range(7):
+        on_step(step)
+        logged.append((bn.training, any(p.requires_grad for p in quant_params)))
+    assert logged == [(True, True)] * 3 + [(False, True)] * 2 + [(False, False)] * 2
+
+
+def test_qat_on_a_plain_sequential_with_unfolded_bn_and_an_ignored_head(tmp):
+    (tmp / "seq.py").write_text(
+        "import torch\n"
+        "def make():\n"
+        "    torch.manual_seed(0)\n"
+        "    return torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, stride=2), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),\n"
+        "                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10))\n")
+    recipe = _recipe([{"type": "qat", "backend": "onnxruntime", "fold_bn": False, "freeze_bn_after": 2,
+                       "ignore": ["5"], "finetune": {"epochs": 1, "distill": {"alpha": 1.0}}}], train_samples=256)
+    recipe["model"] = {"source": "python", "factory": str(tmp / "seq.py") + ":make", "input": {"shape": [1, 1, 28, 28]}}
+    result = compress.run(recipe, out=tmp)
+    stage = result.stages[0]
+    assert stage["details"]["folded_batchnorm"] == 0 and stage["artifact"]["precision"] == "int8"
+    import onnx
+
+    graph = onnx.load(str(result.run_dir / stage["artifact"]["path"])).graph
+    gemm = next(n for n in graph.node if n.op_type == "Gemm")
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    assert producers.get(gemm.input[1]) != "DequantizeLinear"     # the ignored head keeps float weights
+    assert any(producers.get(i) == "DequantizeLinear" for n in graph.node if n.op_type == "Conv" for i in n.input)

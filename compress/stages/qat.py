@@ -64,6 +64,22 @@ def fold_batchnorm(module) -> list[tuple[str, str]]:
     return pairs
 
 
+def _wrapped(module):
+    """NNCF stores its hooks as a child module of the model it quantizes; an nn.Sequential would
+    then call that child in its forward. A thin wrapper owns the hooks instead, for any model."""
+    import torch
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *inputs):
+            return self.model(*inputs)
+
+    return Wrapped(module)
+
+
 def _insert_fake_quant(cfg: QatConfig, module, ctx: StageContext):
     import nncf
 
@@ -71,13 +87,13 @@ def _insert_fake_quant(cfg: QatConfig, module, ctx: StageContext):
     ignored = None
     if cfg.ignore:
         _ignored(module, cfg.ignore, ctx.where)   # unknown names: one clear error with suggestions
-        # NNCF's torch node names are the module path with '/' (features/0/0/conv2d/0)
-        ignored = nncf.IgnoredScope(patterns=[f"^{re.escape(name.replace('.', '/'))}/" for name in cfg.ignore])
+        # NNCF's torch node names are the module path with '/' (model/features/0/0/conv2d/0)
+        ignored = nncf.IgnoredScope(patterns=[f"^model/{re.escape(name.replace('.', '/'))}/" for name in cfg.ignore])
     preset = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}[cfg.preset]
     ctx.log(f"NNCF inserts fake-quant; ranges from {count} calibration samples")
     try:
-        return nncf.quantize(module, nncf.Dataset(CalibrationSamples(ctx, count, as_torch=True)), preset=preset, subset_size=count,
-                             ignored_scope=ignored), count
+        return nncf.quantize(_wrapped(module), nncf.Dataset(CalibrationSamples(ctx, count, as_torch=True)),
+                             preset=preset, subset_size=count, ignored_scope=ignored), count
     except CompressError:
         raise
     except nncf.ValidationError as exc:
