@@ -353,6 +353,9 @@ class _Runner:
             "target": planned.target.model_dump(mode="json") if planned.target else None,
             "data": cache.data_identity(recipe.data.calibration, recipe.data.transform, recipe.data.batch_size,
                                         self.plan.base_dir),
+            # training data shapes what prune (fine-tune) and qat produce; eval data only their log lines
+            "train": cache.data_identity(recipe.data.train, recipe.data.transform, recipe.data.batch_size,
+                                         self.plan.base_dir) if recipe.data.train is not None else None,
             "seed": recipe.seed, "versions": versions,
             "vnni": self.machine.get("vnni"),
         })

@@ -213,6 +213,9 @@ class FinetuneConfig(Strict):
     weight_decay: float = Field(0.0, ge=0, le=1)
     schedule: Literal["cosine", "constant"] = Field("cosine", description="learning rate over the steps")
     batch_size: int = Field(64, ge=1, le=4096)
+    bn_recalibration: int = Field(0, ge=0, le=100_000, description="batches of training data to re-estimate "
+                                  "BatchNorm statistics on before training (pruning leaves them stale)")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="for the label loss")
     distill: DistillConfig | None = Field(None, description="knowledge distillation from the unpruned FP32 model")
     eval_samples: int = Field(500, ge=1, le=MAX_SAMPLES, description="eval samples for the per-epoch metric")
 

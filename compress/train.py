@@ -38,6 +38,31 @@ class TrainingDiverged(InputError):
         super().__init__(message, where=where, hint=hint)
 
 
+def recalibrate_bn(module, train: Dataset, batches: int, batch_size: int, seed: int) -> int:
+    """Re-estimate BatchNorm running statistics (a plain average) over `batches` training batches,
+    without gradients. Returns how many BatchNorm layers were reset (0: nothing done)."""
+    import torch
+
+    norms = [m for m in module.modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms or batches <= 0:
+        return 0
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None   # cumulative average over the batches seen
+    module.train()
+    with torch.no_grad():
+        for i, (feeds, _) in enumerate(train.batches(batch_size, shuffle=seed)):
+            if i >= batches:
+                break
+            module(*_tensors(feeds))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    module.eval()
+    return len(norms)
+
+
 def finetune(module, teacher, train: Dataset, cfg: FinetuneConfig, *, log: Callable[[str], None],
              evaluate: Callable[[object], str], where: str, threads: int, masks: dict | None = None,
              on_step: Callable[[int], None] | None = None, progress=None, seed: int = 0) -> list[dict]:
@@ -49,6 +74,8 @@ def finetune(module, teacher, train: Dataset, cfg: FinetuneConfig, *, log: Calla
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)   # dropout and friends: the same recipe trains the same weights
+    if cfg.bn_recalibration and recalibrate_bn(module, train, cfg.bn_recalibration, cfg.batch_size, seed):
+        log(f"BatchNorm statistics re-estimated on {cfg.bn_recalibration} batches: {evaluate(module)}")
     use_labels = train.has_labels
     if not use_labels and cfg.distill is None:
         raise InputError("fine-tuning needs labels in data.train or `distill:` from the FP32 model",
@@ -82,7 +109,8 @@ def finetune(module, teacher, train: Dataset, cfg: FinetuneConfig, *, log: Calla
             logits = _first(module(*inputs))
             loss = torch.zeros((), dtype=logits.dtype)
             if use_labels and alpha < 1.0:
-                loss = loss + (1 - alpha) * F.cross_entropy(logits, torch.from_numpy(labels))
+                loss = loss + (1 - alpha) * F.cross_entropy(logits, torch.from_numpy(labels),
+                                                            label_smoothing=cfg.label_smoothing)
             if alpha > 0:
                 with torch.no_grad():
                     target = _first(teacher(*inputs))

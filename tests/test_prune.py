@@ -166,3 +166,24 @@ def test_the_suggested_ignore_list_makes_the_raw_parameter_model_prunable(tmp):
     recipe["model"] = {"source": "python", "factory": f"{tmp / 'odd.py'}:Net", "input": {"shape": [1, 1, 28, 28]}}
     recipe["metric"] = {"primary": "cosine"}
     assert compress.run(recipe, out=tmp).passed
+
+
+def test_bn_recalibration_replaces_stale_statistics_with_the_data_s():
+    from compress.train import recalibrate_bn
+
+    with np.load(ROOT / "calibration_data" / "fashion_mnist_calib.npz") as f:
+        x = ((f["x"][:256].astype(np.float32) / 255 - 0.286) / 0.353)
+
+    class Batches:   # the one method recalibrate_bn uses, over real images
+        def batches(self, batch_size, shuffle=None):
+            for i in range(0, len(x), batch_size):
+                yield {"input": x[i:i + batch_size]}, None
+
+    conv, bn = torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4)
+    model = torch.nn.Sequential(conv, bn).eval()
+    bn.running_mean.fill_(100.0)                    # stale, as after pruning
+    assert recalibrate_bn(model, Batches(), batches=4, batch_size=64, seed=0) == 1
+    with torch.no_grad():
+        expected = conv(torch.from_numpy(x)).mean((0, 2, 3))
+    torch.testing.assert_close(bn.running_mean, expected, atol=1e-4, rtol=1e-4)
+    assert not model.training and bn.momentum == 0.1

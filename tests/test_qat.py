@@ -220,3 +220,12 @@ def test_qat_on_a_plain_sequential_with_unfolded_bn_and_an_ignored_head(tmp):
     producers = {o: n.op_type for n in graph.node for o in n.output}
     assert producers.get(gemm.input[1]) != "DequantizeLinear"     # the ignored head keeps float weights
     assert any(producers.get(i) == "DequantizeLinear" for n in graph.node if n.op_type == "Conv" for i in n.input)
+
+
+def test_other_training_data_is_not_served_from_the_stage_cache(tmp):
+    recipe = _recipe([{"type": "qat", "backend": "onnxruntime"}], train_samples=128)
+    first = compress.run(recipe, out=tmp)
+    recipe["data"]["train"]["samples"] = 192
+    second = compress.run(recipe, out=tmp)
+    assert first.stages[0]["cached"] is None and second.stages[0]["cached"] is None
+    assert compress.run(recipe, out=tmp).stages[0]["cached"] == "cache"
