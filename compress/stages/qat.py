@@ -15,11 +15,11 @@ from pathlib import Path
 
 from ..artifacts import OnnxModel, OpenVinoModel, TorchModel
 from ..convert import count_ops, save_openvino, stamp_onnx, to_openvino, torch_to_onnx
-from ..errors import CompressError, InputError, StageError, first_line
+from ..errors import InputError, StageError, first_line
 from ..recipe import QatConfig
 from . import StageContext, keep_last_good, register
 from .prune import _ignored, _torch_metric
-from .quantize import CalibrationSamples
+from .quantize import CalibrationSamples, call_nncf
 
 DEFAULT_SAMPLES = 300
 
@@ -91,16 +91,9 @@ def _insert_fake_quant(cfg: QatConfig, module, ctx: StageContext):
         ignored = nncf.IgnoredScope(patterns=[f"^model/{re.escape(name.replace('.', '/'))}/" for name in cfg.ignore])
     preset = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}[cfg.preset]
     ctx.log(f"NNCF inserts fake-quant; ranges from {count} calibration samples")
-    try:
-        return nncf.quantize(_wrapped(module), nncf.Dataset(CalibrationSamples(ctx, count, as_torch=True)),
-                             preset=preset, subset_size=count, ignored_scope=ignored), count
-    except CompressError:
-        raise
-    except nncf.ValidationError as exc:
-        raise InputError(f"NNCF rejected the settings: {first_line(exc)[:300]}",
-                         where=f"{ctx.where}.ignore" if cfg.ignore else ctx.where) from None
-    except Exception as exc:
-        raise StageError(f"NNCF could not insert fake-quant: {type(exc).__name__}: {first_line(exc)[:300]}") from None
+    return call_nncf(lambda: nncf.quantize(_wrapped(module), nncf.Dataset(CalibrationSamples(ctx, count, as_torch=True)),
+                                           preset=preset, subset_size=count, ignored_scope=ignored),
+                     ctx, bool(cfg.ignore), "NNCF could not insert fake-quant"), count
 
 
 def _export(qmodel, cfg: QatConfig, ctx: StageContext, folder: Path, stamp: dict):

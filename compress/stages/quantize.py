@@ -51,6 +51,22 @@ class CalibrationSamples:
 
 
 # ---------------------------------------------------------------- OpenVINO via NNCF
+def call_nncf(fn, ctx: StageContext, has_ignore: bool, failure: str):
+    """Run an NNCF call; its complaints about settings become an exit-2 error at the stage's YAML
+    path, anything else a stage failure that says what failed."""
+    import nncf
+
+    try:
+        return fn()
+    except CompressError:
+        raise
+    except nncf.ValidationError as exc:
+        raise InputError(f"NNCF rejected the settings: {first_line(exc)[:300]}",
+                         where=f"{ctx.where}.ignore" if has_ignore else ctx.where) from None
+    except Exception as exc:
+        raise StageError(f"{failure}: {type(exc).__name__}: {first_line(exc)[:300]}") from None
+
+
 def _quantize_nncf(cfg: QuantizeConfig, artifact, ctx: StageContext) -> OpenVinoModel:
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
@@ -65,16 +81,10 @@ def _quantize_nncf(cfg: QuantizeConfig, artifact, ctx: StageContext) -> OpenVino
     preset = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}[cfg.preset]
     ignored = nncf.IgnoredScope(names=list(cfg.ignore)) if cfg.ignore else None
     ctx.log(f"NNCF calibration on {count} samples")
-    try:
-        quantized = nncf.quantize(model, nncf.Dataset(CalibrationSamples(ctx, count)), preset=preset,
-                                  subset_size=count, ignored_scope=ignored, advanced_parameters=advanced)
-    except CompressError:
-        raise
-    except nncf.ValidationError as exc:
-        raise InputError(f"NNCF rejected the settings: {str(exc).splitlines()[0][:300]}",
-                         where=f"{ctx.where}.ignore" if cfg.ignore else ctx.where) from None
-    except Exception as exc:
-        raise StageError(f"NNCF quantization failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
+    quantized = call_nncf(lambda: nncf.quantize(model, nncf.Dataset(CalibrationSamples(ctx, count)), preset=preset,
+                                                subset_size=count, ignored_scope=ignored,
+                                                advanced_parameters=advanced),
+                          ctx, bool(cfg.ignore), "NNCF quantization failed")
     out = save_openvino(quantized, ctx.out_dir / "model.xml", ctx.details.get("stamp", {}))
     out.precision = "int8"
     ctx.details.update(backend="nncf", nncf=nncf.__version__, samples=count, preset=cfg.preset,
