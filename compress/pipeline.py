@@ -265,6 +265,16 @@ class _Runner:
                       precision=artifact.precision, artifact_type=artifact.kind)
         return record
 
+    def _revalidate_checkpoints(self, details: dict, stage_dir: Path, where: str) -> None:
+        """A reused stage's intermediate artifacts (QAT's PTQ start) are validated again, like its output."""
+        from .artifacts import ARTIFACT_TYPES
+
+        ptq = details.get("ptq")
+        if ptq is None or not (stage_dir / ptq["path"]).is_file():
+            return
+        artifact = ARTIFACT_TYPES[ptq["artifact_type"]](path=stage_dir / ptq["path"], precision=ptq["precision"])
+        details["ptq"] = {**self._checkpoint_record(artifact, f"{where} PTQ start"), "path": ptq["path"]}
+
     def _primary(self, record: dict) -> tuple[str, float]:
         return primary_metric(EvalResult(metrics=record["metrics"], agreement=record["agreement"]), self.spec.outputs,
                               self.primary)
@@ -442,6 +452,7 @@ class _Runner:
                 ctx.details = output[1]
                 output = output[0]
                 self.reporter.log(f"{planned.name}: reused ({reused})")
+                self._revalidate_checkpoints(ctx.details, stage_dir, planned.where)
             else:
                 reused = None
                 ctx.details["stamp"] = {"recipe": recipe.name, "stage": planned.name,

@@ -228,4 +228,8 @@ def test_other_training_data_is_not_served_from_the_stage_cache(tmp):
     recipe["data"]["train"]["samples"] = 192
     second = compress.run(recipe, out=tmp)
     assert first.stages[0]["cached"] is None and second.stages[0]["cached"] is None
-    assert compress.run(recipe, out=tmp).stages[0]["cached"] == "cache"
+    third = compress.run(recipe, out=tmp).stages[0]
+    assert third["cached"] == "cache"
+    ptq_first, ptq_again = second.stages[0]["details"]["ptq"], third["details"]["ptq"]
+    assert ptq_again["latency"]["p50_ms"] != ptq_first["latency"]["p50_ms"]           # measured again, not copied
+    assert ptq_again["primary"]["value"] == ptq_first["primary"]["value"]             # same artifact, same metric
