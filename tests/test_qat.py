@@ -233,3 +233,25 @@ def test_other_training_data_is_not_served_from_the_stage_cache(tmp):
     ptq_first, ptq_again = second.stages[0]["details"]["ptq"], third["details"]["ptq"]
     assert ptq_again["latency"]["p50_ms"] != ptq_first["latency"]["p50_ms"]           # measured again, not copied
     assert ptq_again["primary"]["value"] == ptq_first["primary"]["value"]             # same artifact, same metric
+
+
+def test_a_pruned_model_goes_through_qat_and_keeps_its_smaller_layers(tmp):
+    import onnx
+    from onnx import numpy_helper
+
+    recipe = fashion_recipe([{"type": "prune", "ratio": 0.5},
+                             {"type": "qat", "backend": "onnxruntime",
+                              "finetune": {"epochs": 1, "lr": 0.001,
+                                           "distill": {"temperature": 4, "alpha": 1.0}}}])
+    recipe["data"]["train"] = {"path": TRAIN, "samples": 2048}
+    recipe["latency"] = {"warmup": 1, "runs": 3}
+    result = compress.run(recipe, out=tmp)
+    prune, qat = result.stages
+    assert qat["artifact"]["precision"] == "int8" and qat["macs"] == prune["macs"]
+    graph = onnx.load(str(result.run_dir / qat["artifact"]["path"])).graph
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    out_channels = sorted({weights[n.input[0]].shape[0] for n in graph.node
+                           if n.op_type == "QuantizeLinear" and n.input[0] in weights and weights[n.input[0]].ndim == 4})
+    assert out_channels == [16, 32, 64]               # 32/64/128 channels pruned by half, BN folded
+    ptq = qat["details"]["ptq"]["primary"]["value"]
+    assert qat["primary"]["value"] > ptq + 5, (prune["primary"]["value"], ptq, qat["primary"]["value"])
