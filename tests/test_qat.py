@@ -77,8 +77,11 @@ def test_qat_for_onnxruntime_writes_qdq_that_runs_as_int8(tmp):
     result = compress.run(recipe, out=tmp)
     qat, compiled = result.stages
     path = result.run_dir / qat["artifact"]["path"]
-    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    graph = onnx.load(str(path)).graph
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= {n.op_type for n in graph.node}
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert all(producers.get(c.input[0]) == "DequantizeLinear" for c in convs)   # every conv input INT8, the first too
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp / "optimized.onnx")
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -219,7 +222,8 @@ def test_qat_on_a_plain_sequential_with_unfolded_bn_and_an_ignored_head(tmp):
     gemm = next(n for n in graph.node if n.op_type == "Gemm")
     producers = {o: n.op_type for n in graph.node for o in n.output}
     assert producers.get(gemm.input[1]) != "DequantizeLinear"     # the ignored head keeps float weights
-    assert any(producers.get(i) == "DequantizeLinear" for n in graph.node if n.op_type == "Conv" for i in n.input)
+    conv = next(n for n in graph.node if n.op_type == "Conv")
+    assert producers.get(conv.input[0]) == producers.get(conv.input[1]) == "DequantizeLinear"   # input and weight INT8
 
 
 def test_other_training_data_is_not_served_from_the_stage_cache(tmp):

@@ -66,16 +66,20 @@ def fold_batchnorm(module) -> list[tuple[str, str]]:
 
 def _wrapped(module):
     """NNCF stores its hooks as a child module of the model it quantizes; an nn.Sequential would
-    then call that child in its forward. A thin wrapper owns the hooks instead, for any model."""
+    then call that child in its forward. For a Sequential, a thin wrapper owns the hooks instead
+    (with a named input, which NNCF needs to quantize the model's input)."""
     import torch
+
+    if not isinstance(module, torch.nn.Sequential):
+        return module
 
     class Wrapped(torch.nn.Module):
         def __init__(self, model):
             super().__init__()
             self.model = model
 
-        def forward(self, *inputs):
-            return self.model(*inputs)
+        def forward(self, x):   # a Sequential takes exactly one input
+            return self.model(x)
 
     return Wrapped(module)
 
@@ -87,8 +91,9 @@ def _insert_fake_quant(cfg: QatConfig, module, ctx: StageContext):
     ignored = None
     if cfg.ignore:
         _ignored(module, cfg.ignore, ctx.where)   # unknown names: one clear error with suggestions
-        # NNCF's torch node names are the module path with '/' (model/features/0/0/conv2d/0)
-        ignored = nncf.IgnoredScope(patterns=[f"^model/{re.escape(name.replace('.', '/'))}/" for name in cfg.ignore])
+        # NNCF's torch node names are the module path with '/' (features/0/0/conv2d/0; model/... when wrapped)
+        prefix = "model/" if _wrapped(module) is not module else ""
+        ignored = nncf.IgnoredScope(patterns=[f"^{prefix}{re.escape(name.replace('.', '/'))}/" for name in cfg.ignore])
     preset = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}[cfg.preset]
     ctx.log(f"NNCF inserts fake-quant; ranges from {count} calibration samples")
     return call_nncf(lambda: nncf.quantize(_wrapped(module), nncf.Dataset(CalibrationSamples(ctx, count, as_torch=True)),
