@@ -101,12 +101,13 @@ def test_qat_without_train_data_fails_before_any_compute(tmp):
     assert proc.returncode == 2 and "stages[0]" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_model_with_nothing_to_quantize_exits_3_with_the_reason(tmp):
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_model_with_nothing_to_quantize_exits_3_with_the_reason(tmp, backend):
     (tmp / "plain.py").write_text(
         "import torch\n"
         "def make():\n"
         "    return torch.nn.Sequential(torch.nn.AvgPool2d(2), torch.nn.Flatten(), torch.nn.Softmax(dim=1))\n")
-    recipe = _recipe([{"type": "qat", "backend": "openvino"}], train_samples=200)
+    recipe = _recipe([{"type": "qat", "backend": backend}], train_samples=200)
     recipe["model"] = {"source": "python", "factory": str(tmp / "plain.py") + ":make", "input": {"shape": [1, 1, 28, 28]}}
     recipe["metric"] = {"primary": "cosine"}
     proc = cli("run", write_recipe(tmp, recipe), "--out", tmp / "runs")

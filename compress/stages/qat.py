@@ -101,8 +101,9 @@ def _insert_fake_quant(cfg: QatConfig, module, ctx: StageContext):
                      ctx, bool(cfg.ignore), "NNCF could not insert fake-quant"), count
 
 
-def _export(qmodel, cfg: QatConfig, ctx: StageContext, folder: Path, stamp: dict):
-    """The fake-quant torch model in the target's format: FakeQuantize IR, or ONNX QDQ."""
+def _export(qmodel, cfg: QatConfig, ctx: StageContext, folder: Path, stamp: dict, nncf_model: bool = True):
+    """The fake-quant torch model in the target's format: FakeQuantize IR, or ONNX QDQ.
+    `nncf_model=False`: a model NNCF never touched, exported as it is."""
     folder.mkdir(parents=True, exist_ok=True)
     qmodel.eval()
     with warnings.catch_warnings():   # tracer checks flag fake-quant rounding as "not close": expected
@@ -111,7 +112,7 @@ def _export(qmodel, cfg: QatConfig, ctx: StageContext, folder: Path, stamp: dict
             out = _to_openvino_ir(qmodel, ctx, folder / "model.xml", stamp)
             quantizers = count_ops(out, {"FakeQuantize"})
         else:
-            out = _to_onnx_qdq(qmodel, ctx, folder / "model.onnx", stamp)
+            out = _to_onnx_qdq(qmodel, ctx, folder / "model.onnx", stamp, nncf_model)
             quantizers = count_ops(out, {"QuantizeLinear"})
     out.precision = "int8" if quantizers else "fp32"
     return out, quantizers
@@ -124,15 +125,17 @@ def _to_openvino_ir(qmodel, ctx: StageContext, path: Path, stamp: dict) -> OpenV
         return save_openvino(to_openvino(TorchModel(path=None, module=qmodel), ctx.spec), path, stamp)
 
 
-def _to_onnx_qdq(qmodel, ctx: StageContext, path: Path, stamp: dict) -> OnnxModel:
+def _to_onnx_qdq(qmodel, ctx: StageContext, path: Path, stamp: dict, nncf_model: bool) -> OnnxModel:
     import nncf
     import torch
 
-    example = tuple(torch.from_numpy(v) for v in ctx.spec.dummy(batch=1).values())
-    try:   # fake-quant becomes torch.fake_quantize_* ops, which export as QuantizeLinear/DequantizeLinear
-        plain = nncf.strip(qmodel, example_input=example if len(example) > 1 else example[0])
-    except Exception as exc:
-        raise StageError(f"NNCF could not strip the QAT model for export: {first_line(exc)[:300]}") from None
+    plain = qmodel
+    if nncf_model:   # fake-quant becomes torch.fake_quantize_* ops, which export as QuantizeLinear/DequantizeLinear
+        example = tuple(torch.from_numpy(v) for v in ctx.spec.dummy(batch=1).values())
+        try:
+            plain = nncf.strip(qmodel, example_input=example if len(example) > 1 else example[0])
+        except Exception as exc:
+            raise StageError(f"NNCF could not strip the QAT model for export: {first_line(exc)[:300]}") from None
     torch_to_onnx(plain, ctx.spec, path)
     stamp_onnx(path, stamp)
     return OnnxModel(path=path)
@@ -162,10 +165,10 @@ def _freezer(cfg: QatConfig, qmodel, log):
     return on_step
 
 
-def _nothing_to_quantize(module, cfg: QatConfig, ctx: StageContext, stamp: dict, details: dict):
+def _nothing_to_quantize(module, cfg: QatConfig, ctx: StageContext, stamp: dict, details: dict, nncf_model: bool):
     """No layer NNCF quantizes: export the model as it is, FP32, say why (the `quantized` gate fails)."""
     ctx.details.update(details)
-    out, _ = _export(module, cfg, ctx, ctx.out_dir, stamp)
+    out, _ = _export(module, cfg, ctx, ctx.out_dir, stamp, nncf_model)
     out.notes.append("the model has no layer to quantize (no convolution or linear layer that NNCF inserts "
                      "fake-quant for): the artifact stays FP32 and no training ran")
     return out
@@ -182,13 +185,13 @@ def qat(cfg: QatConfig, artifact: TorchModel, ctx: StageContext):
     details = {"backend": "nncf", "export": "OpenVINO IR (FakeQuantize)" if cfg.backend == "openvino" else "ONNX QDQ",
                "preset": cfg.preset, "quantize_ops": 0}
     if not any(isinstance(m, _weighted_types()) for m in module.modules()):
-        return _nothing_to_quantize(module, cfg, ctx, stamp, details)
+        return _nothing_to_quantize(module, cfg, ctx, stamp, details, nncf_model=False)
     folded = fold_batchnorm(module) if cfg.fold_bn else []
     qmodel, count = _insert_fake_quant(cfg, module, ctx)
     ptq, quantizers = _export(qmodel, cfg, ctx, ctx.out_dir / "ptq", {**stamp, "checkpoint": "ptq"})
     details.update(samples=count, folded_batchnorm=len(folded), quantize_ops=quantizers)
     if quantizers == 0:
-        return _nothing_to_quantize(qmodel, cfg, ctx, stamp, details)
+        return _nothing_to_quantize(qmodel, cfg, ctx, stamp, details, nncf_model=True)
     if ctx.validate is not None:
         details["ptq"] = ctx.validate(ptq, f"{ctx.where} PTQ start")
         details["ptq"]["path"] = "ptq/" + ptq.path.name
