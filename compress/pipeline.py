@@ -252,17 +252,25 @@ class _Runner:
         """Validate an intermediate artifact a stage produces (e.g. QAT's PTQ starting point) exactly
         like a stage's output: metric and delta vs the reference, agreement, latency paired with the
         FP32 baseline on its runtime. The stage stores the record in its details."""
+        record = self._validate_against_baseline(artifact, label)
+        record.pop("artifact")
+        record.update(precision=artifact.precision, artifact_type=artifact.kind)
+        return record
+
+    def _validate_against_baseline(self, artifact: Artifact, label: str) -> dict:
+        """Validate `artifact`, timed in alternating rounds with the FP32 baseline of its runtime, and
+        compare: primary metric and its delta vs the reference, speed-ups vs that baseline and the reference."""
         baseline = self._baseline(artifact.runtime)
         record, _ = self._validate(artifact, label, inference_precision=getattr(artifact, "inference_precision", None),
                                    paired_with=baseline["label"])
         name, value = self._primary(record)
-        record.pop("artifact")
-        record.update(primary={"name": name, "value": value,
-                               "delta": value - self.baselines[self.reference.runtime]["primary"]["value"],
+        reference = self.baselines[self.reference.runtime]
+        record.update(primary={"name": name, "value": value, "delta": value - reference["primary"]["value"],
                                "higher_is_better": self.higher_is_better},
                       speedup={"vs_fp32_same_runtime": record["baseline_latency_paired"]["p50_ms"]
-                               / record["latency"]["p50_ms"], "baseline": baseline["name"]},
-                      precision=artifact.precision, artifact_type=artifact.kind)
+                               / record["latency"]["p50_ms"],
+                               "vs_reference": reference["latency"]["p50_ms"] / record["latency"]["p50_ms"],
+                               "baseline": baseline["name"]})
         return record
 
     def _revalidate_checkpoints(self, details: dict, stage_dir: Path, where: str) -> None:
@@ -473,24 +481,13 @@ class _Runner:
             input_id = cache.artifact_identity(output) if key is not None else None
             self.params = _param_count(output) or self.params
 
-            baseline = self._baseline(output.runtime)
+            self._baseline(output.runtime)   # built (and reported) before the stage is validated against it
             self.reporter.step(f"validating {planned.name} on {output.runtime}")
-            record, _ = self._validate(output, planned.name,
-                                       inference_precision=getattr(output, "inference_precision", None),
-                                       paired_with=baseline["label"])
-            pname, pvalue = self._primary(record)
-            ref_primary = ref_record["primary"]["value"]
+            record = self._validate_against_baseline(output, planned.name)
             record.update({
                 "name": planned.name, "type": planned.config.type, "where": planned.where,
                 "config": planned.config.model_dump(mode="json"), "details": ctx.details,
                 "duration_s": round(duration, 2), "notes": list(output.notes), "cached": reused, "key": key,
-                "primary": {"name": pname, "value": pvalue, "delta": pvalue - ref_primary,
-                            "higher_is_better": self.higher_is_better},
-                "speedup": {
-                    "vs_fp32_same_runtime": record["baseline_latency_paired"]["p50_ms"] / record["latency"]["p50_ms"],
-                    "vs_reference": ref_record["latency"]["p50_ms"] / record["latency"]["p50_ms"],
-                    "baseline": baseline["name"],
-                },
             })
             if output.precision == "int8" and record["speedup"]["vs_fp32_same_runtime"] <= 1.0:
                 record["notes"].append(
