@@ -34,7 +34,11 @@ def _mmacs(record: dict) -> str:
     return "–" if not record.get("macs") else f"{record['macs'] / 1e6:.1f}"
 
 
-def _row(stage: str, record: dict, artifact: dict, delta: str, speedup: str) -> dict:
+def _row(stage: str, record: dict, artifact: dict) -> dict:
+    """A table row; baselines (no delta, no speed-up of their own) read '–' and 1.00x."""
+    compared = "delta" in record["primary"]
+    delta = f"{record['primary']['delta']:+.2f}" if compared else "–"
+    speedup = f"{record['speedup']['vs_fp32_same_runtime']:.2f}x" if compared else "1.00x"
     return {"stage": stage, "artifact": artifact["type"], "runtime": record["runtime"],
             "precision": artifact["precision"], "metric": _metric_cell(record), "delta": delta,
             "agreement": _agreement_cell(record), "p50": _fmt(record["latency"]["p50_ms"], 3),
@@ -46,16 +50,13 @@ def rows(report: dict) -> list[dict]:
     """One row per FP32 baseline and per stage, in the order a reader wants them."""
     out = []
     for name, base in report["baselines"].items():
-        out.append(_row(f"fp32 {name}", {**base, "runtime": name}, {**base["artifact"], "precision": "fp32"},
-                        "–", "1.00x"))
+        out.append(_row(f"fp32 {name}", {**base, "runtime": name}, {**base["artifact"], "precision": "fp32"}))
     for stage in report["stages"]:
         ptq = stage["details"].get("ptq")
         if ptq is not None:   # QAT's starting point: post-training quantization, validated the same way
             out.append(_row(f"{stage['name']}: PTQ start", ptq,
-                            {"type": ptq["artifact_type"], "precision": ptq["precision"]},
-                            f"{ptq['primary']['delta']:+.2f}", f"{ptq['speedup']['vs_fp32_same_runtime']:.2f}x"))
-        out.append(_row(stage["name"] + (" (cached)" if stage.get("cached") else ""), stage, stage["artifact"],
-                        f"{stage['primary']['delta']:+.2f}", f"{stage['speedup']['vs_fp32_same_runtime']:.2f}x"))
+                            {"type": ptq["artifact_type"], "precision": ptq["precision"]}))
+        out.append(_row(stage["name"] + (" (cached)" if stage.get("cached") else ""), stage, stage["artifact"]))
     return out
 
 
