@@ -40,7 +40,7 @@ class ConsoleReporter:
             err.print(f"[dim]{time.perf_counter() - self.t0:7.1f}s   {text}[/]")
 
     def progress(self, description: str, total: int):
-        from .pipeline import Progress
+        from .stages import Progress
 
         return Progress() if self.quiet else _Bar(description, total)
 

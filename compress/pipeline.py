@@ -21,7 +21,7 @@ from .fsutil import atomic_dir, atomic_write_json, atomic_write_text
 from .models import ModelSpec, import_callable, load_model
 from .recipe import CompileConfig, MetricConfig, Recipe
 from .runtimes import open_session
-from .stages import StageContext, handler_for, output_type
+from .stages import Progress, StageContext, handler_for, output_type
 from .targets import Target, resolve_target
 from .validation import (EvalResult, UserMetric, default_primary, evaluate, latency_feeds, machine_info,
                          measure_latency, paired_latency, primary_metric)
@@ -110,13 +110,6 @@ def plan(recipe: Recipe, base_dir: Path, *, in_memory_model: bool = False) -> Pl
 
 
 # ---------------------------------------------------------------- run
-class Progress:
-    """A bar for one loop (training steps); `update` moves it and shows live fields (loss...)."""
-
-    def update(self, advance: int = 1, **fields) -> None: ...
-    def close(self) -> None: ...
-
-
 class Reporter:
     """Progress sink; the CLI passes a rich one, the API a silent one."""
 

@@ -2,6 +2,7 @@
 from the FP32 model, progress per epoch with loss and eval metric, stop on a non-finite loss."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from typing import Callable
@@ -65,7 +66,7 @@ def recalibrate_bn(module, train: Dataset, batches: int, batch_size: int, seed: 
 
 def finetune(module, teacher, train: Dataset, cfg: FinetuneConfig, *, log: Callable[[str], None],
              evaluate: Callable[[object], str], where: str, threads: int, masks: dict | None = None,
-             on_step: Callable[[int], None] | None = None, progress=None, seed: int = 0) -> list[dict]:
+             progress: Callable, on_step: Callable[[int], None] | None = None, seed: int = 0) -> list[dict]:
     """Train `module` in place. Returns one record per epoch (loss, metric text). `masks` (module
     name -> bool tensor) keeps pruned weights at zero; `on_step(global_step)` runs before each
     optimizer step (freezing schedules); `progress(description, total)` gives a bar per epoch."""
@@ -88,64 +89,57 @@ def finetune(module, teacher, train: Dataset, cfg: FinetuneConfig, *, log: Calla
     optimizer = {"adam": lambda: torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
                  "adamw": lambda: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
                  "sgd": lambda: torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)}[cfg.optimizer]()
-    total_steps = cfg.epochs * max(1, -(-len(train) // cfg.batch_size))
-    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    steps_per_epoch = max(1, -(-len(train) // cfg.batch_size))
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
                  if cfg.schedule == "cosine" else None)
     if teacher is not None:
         teacher.eval()
     history = []
-    steps_per_epoch = max(1, -(-len(train) // cfg.batch_size))
     global_step = 0
     for epoch in range(cfg.epochs):
         good = copy.deepcopy(module.state_dict())
         module.train()
         total, count = 0.0, 0
-        bar = progress(f"epoch {epoch + 1}/{cfg.epochs}", steps_per_epoch) if progress else None
-        for step, (feeds, labels) in enumerate(train.batches(cfg.batch_size, shuffle=seed + epoch)):
-            if on_step is not None:
-                on_step(global_step)
-            global_step += 1
-            inputs = _tensors(feeds)
-            logits = _first(module(*inputs))
-            loss = torch.zeros((), dtype=logits.dtype)
-            if use_labels and alpha < 1.0:
-                loss = loss + (1 - alpha) * F.cross_entropy(logits, torch.from_numpy(labels),
-                                                            label_smoothing=cfg.label_smoothing)
-            if alpha > 0:
-                with torch.no_grad():
-                    target = _first(teacher(*inputs))
-                if logits.ndim == 2 and logits.shape[1] > 1:
-                    kd = F.kl_div(F.log_softmax(logits / temperature, 1), F.softmax(target / temperature, 1),
-                                  reduction="batchmean") * temperature ** 2
-                else:
-                    kd = F.mse_loss(logits, target)
-                loss = loss + alpha * kd
-            if not math.isfinite(float(loss.detach())):
-                if bar is not None:
-                    bar.close()
-                module.load_state_dict(good)
-                module.eval()
-                raise TrainingDiverged(f"the training loss became {float(loss.detach())} at epoch {epoch + 1}, "
-                                       f"step {step + 1}; training stopped", epoch=epoch,
-                                       where=f"{where}.finetune.lr",
-                                       hint="Lower the learning rate, or check data.train for extreme values.")
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            if masks:
-                with torch.no_grad():
-                    for name, mask in masks.items():
-                        weight = module.get_submodule(name).weight
-                        weight.mul_(mask)
-            n = len(inputs[0])
-            total += float(loss.detach()) * n
-            count += n
-            if bar is not None:
+        with contextlib.closing(progress(f"epoch {epoch + 1}/{cfg.epochs}", steps_per_epoch)) as bar:
+            for step, (feeds, labels) in enumerate(train.batches(cfg.batch_size, shuffle=seed + epoch)):
+                if on_step is not None:
+                    on_step(global_step)
+                global_step += 1
+                inputs = _tensors(feeds)
+                logits = _first(module(*inputs))
+                loss = torch.zeros((), dtype=logits.dtype)
+                if use_labels and alpha < 1.0:
+                    loss = loss + (1 - alpha) * F.cross_entropy(logits, torch.from_numpy(labels),
+                                                                label_smoothing=cfg.label_smoothing)
+                if alpha > 0:
+                    with torch.no_grad():
+                        target = _first(teacher(*inputs))
+                    if logits.ndim == 2 and logits.shape[1] > 1:
+                        kd = F.kl_div(F.log_softmax(logits / temperature, 1), F.softmax(target / temperature, 1),
+                                      reduction="batchmean") * temperature ** 2
+                    else:
+                        kd = F.mse_loss(logits, target)
+                    loss = loss + alpha * kd
+                if not math.isfinite(float(loss.detach())):
+                    module.load_state_dict(good)
+                    module.eval()
+                    raise TrainingDiverged(f"the training loss became {float(loss.detach())} at epoch {epoch + 1}, "
+                                           f"step {step + 1}; training stopped", epoch=epoch,
+                                           where=f"{where}.finetune.lr",
+                                           hint="Lower the learning rate, or check data.train for extreme values.")
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                if masks:
+                    with torch.no_grad():
+                        for name, mask in masks.items():
+                            module.get_submodule(name).weight.mul_(mask)
+                n = len(inputs[0])
+                total += float(loss.detach()) * n
+                count += n
                 bar.update(1, loss=total / count)
-        if bar is not None:
-            bar.close()
         module.eval()
         metric = evaluate(module)
         record = {"epoch": epoch + 1, "loss": total / max(count, 1), "metric": metric}

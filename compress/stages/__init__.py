@@ -14,6 +14,14 @@ from ..recipe import Recipe
 from ..targets import Target
 
 
+class Progress:
+    """A bar for one loop (training steps); `update` moves it and shows live fields (loss...).
+    This one shows nothing: the API's default and the CLI's with --quiet."""
+
+    def update(self, advance: int = 1, **fields) -> None: ...
+    def close(self) -> None: ...
+
+
 @dataclass
 class StageContext:
     recipe: Recipe
@@ -34,7 +42,7 @@ class StageContext:
     details: dict = field(default_factory=dict)  # stage-specific facts for the report
     run_dir: Path | None = None                  # the run folder (failed stages may leave checkpoints there)
     stage_dir: Path | None = None                # where out_dir lands when the stage succeeds
-    progress: Callable[[str, int], object] | None = None   # a bar for long loops: progress(description, total)
+    progress: Callable[[str, int], Progress] = lambda description, total: Progress()   # a bar for long loops
     validate: Callable[[Artifact, str], dict] | None = None  # validate an intermediate artifact like a stage output
 
 
