@@ -40,6 +40,11 @@ def _ignored(module, names: list[str], where: str) -> list:
     return layers
 
 
+def _names_of(module, layers: list) -> list[str]:
+    """The module names of `layers` (module objects), in the model's order."""
+    return [n for n, m in module.named_modules() if any(m is layer for layer in layers)]
+
+
 def _default_ignored(module) -> list:
     """The classifier head: the last Linear whose outputs are the model's outputs."""
     import torch
@@ -117,12 +122,12 @@ def _channel(cfg: PruneConfig, module, ctx: StageContext) -> dict:
                          where=ctx.where, hint="Add the layer it names to `ignore:`, or prune with method "
                                                "unstructured.") from None
     raw = [name for w in caught if "nwrapped parameters" in str(w.message) for name in _UNWRAPPED.findall(str(w.message))]
-    ignored_names = {n for n, m in module.named_modules() if any(m is i for i in ignored)}
+    ignored_names = _names_of(module, ignored)
     if any((name.rpartition(".")[0] or name) not in ignored_names for name in raw):
         # Torch-Pruning would guess which dimension of such a parameter to cut: refuse rather than guess
         raise _untraceable("Torch-Pruning cannot trace the model", raw, None, ctx)
     details: dict = {"method": "channel", "importance": cfg.importance, "scope": cfg.scope, "round_to": cfg.round_to,
-                     "ignored": [n for n, m in module.named_modules() if any(m is i for i in ignored)],
+                     "ignored": ignored_names,
                      "macs_before": base_macs, "params_before": base_params}
     base_latency = _runtime_latency(module, ctx) if budget is not None and budget.macs is None else None
     met, history = budget is None, []
@@ -283,7 +288,7 @@ def _sensitivity(cfg: PruneConfig, module, ctx: StageContext) -> dict:
     samples = cfg.sensitivity.samples
     name, base = _torch_metric(module, ctx, samples)
     example = tuple(torch.from_numpy(v) for v in ctx.spec.dummy(batch=1).values())
-    skip = set(cfg.ignore) | {n for n, m in module.named_modules() if any(m is i for i in _default_ignored(module))}
+    skip = set(cfg.ignore) | set(_names_of(module, _default_ignored(module)))
     rows = []
     for layer_name, layer in module.named_modules():
         if not isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)) or layer_name in skip:
