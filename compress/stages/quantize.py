@@ -285,11 +285,8 @@ def _dynamic_openvino(cfg: QuantizeConfig, artifact, ctx: StageContext) -> OpenV
     except Exception as exc:
         raise StageError(f"NNCF weight compression failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
     out = save_openvino(compressed, ctx.out_dir / "model.xml", ctx.details.get("stamp", {}))
-    from ..runtimes.openvino_runtime import core
-
-    saved = core().read_model(str(out.path))
-    int8_tensors = sum(_is_weight(op, ("u8", "i8")) for op in saved.get_ops())
-    share = _weight_elements(saved, ("u8", "i8")) / max(float_weights, 1)
+    int8_tensors = sum(_is_weight(op, ("u8", "i8")) for op in compressed.get_ops())
+    share = _weight_elements(compressed, ("u8", "i8")) / max(float_weights, 1)
     out.precision = "int8" if int8_tensors else "fp32"
     ctx.details.update(backend="nncf", mode="dynamic", nncf=nncf.__version__, weight_compression="INT8_ASYM",
                        quantize_ops=int8_tensors, int8_weight_share=round(share, 4))
