@@ -158,11 +158,17 @@ class QuantizeConfig(StageBase):
     )
     per_channel: bool = True
     ignore: list[str] = Field(default_factory=list, description="node names to keep in float")
+    bias_correction: Literal["full", "fast"] = Field(
+        "full", description="NNCF (backend openvino, static): re-estimate each layer's bias after quantization. "
+                            "full: from the quantized layers' real outputs on calibration data (recovers accuracy "
+                            "when INT8 shifts activations, e.g. small or pruned models); fast: NNCF's default, a "
+                            "per-layer estimate that is quicker on very large models")
 
     @model_validator(mode="after")
     def _check(self) -> "QuantizeConfig":
         if self.mode == "dynamic":
-            for key, default in (("method", None), ("samples", None), ("preset", "performance")):
+            for key, default in (("method", None), ("samples", None), ("preset", "performance"),
+                                 ("bias_correction", "full")):
                 if getattr(self, key) != default:
                     raise ValueError(f"'{key}' applies to mode static only: dynamic quantization needs no calibration")
             if self.scheme not in ("auto", "u8s8", "u8s8_reduce_range"):
@@ -183,6 +189,9 @@ class QuantizeConfig(StageBase):
                 raise ValueError("'per_channel: false' applies to backend onnxruntime only (NNCF is per-channel)")
         if self.backend == "onnxruntime" and self.preset != "performance":
             raise ValueError("'preset' applies to backend openvino only; use 'scheme' for onnxruntime")
+        if self.backend != "openvino" and self.bias_correction != "full":
+            raise ValueError("'bias_correction' applies to backend openvino only (ONNX Runtime's quantize_static "
+                             "has no bias correction)")
         return self
 
 

@@ -126,6 +126,23 @@ def test_ort_scheme_is_chosen_by_measured_agreement_without_vnni(tmp, monkeypatc
     assert "ORT scheme" in (result.run_dir / "report.md").read_text()
 
 
+def test_full_bias_correction_is_the_default_and_wins_back_what_int8_shifts_on_a_small_model(tmp):
+    # The width-4 FashionCNN has 4-16 channels per layer: INT8 rounding shifts each layer's output
+    # mean, and NNCF's fast per-layer estimate of the correction misses most of it.
+    recipe = fashion_recipe([{"type": "quantize", "backend": "openvino"}])
+    recipe["model"] = {"source": "python", "factory": FACTORY, "kwargs": {"width": 4},
+                       "weights": str(ROOT / "calibration_data/fashion_cnn_w4.pt"), "input": {"shape": [1, 1, 28, 28]}}
+    recipe["data"]["calibration"]["samples"] = 300
+    recipe["data"]["eval"]["samples"] = 1000
+    loss = {}
+    for mode in ("full", "fast"):
+        stages = [{"type": "quantize", "backend": "openvino"} | ({"bias_correction": mode} if mode == "fast" else {})]
+        result = compress.run({**recipe, "name": f"bc-{mode}", "stages": stages}, out=tmp / "runs")
+        assert result.stages[0]["details"]["bias_correction"] == mode
+        loss[mode] = result.report["reference"]["primary"]["value"] - result.stages[0]["primary"]["value"]
+    assert loss["full"] <= 1.0 and loss["fast"] >= loss["full"] + 3.0, loss
+
+
 @pytest.fixture(scope="module")
 def fashion_onnx(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("onnx")

@@ -83,12 +83,14 @@ def _quantize_nncf(cfg: QuantizeConfig, artifact, ctx: StageContext) -> OpenVino
     ctx.log(f"NNCF calibration on {count} samples")
     quantized = call_nncf(lambda: nncf.quantize(model, nncf.Dataset(CalibrationSamples(ctx, count)), preset=preset,
                                                 subset_size=count, ignored_scope=ignored,
+                                                fast_bias_correction=cfg.bias_correction == "fast",
                                                 advanced_parameters=advanced),
                           ctx, bool(cfg.ignore), "NNCF quantization failed")
     out = save_openvino(quantized, ctx.out_dir / "model.xml", ctx.details.get("stamp", {}))
     out.precision = "int8"
     ctx.details.update(backend="nncf", nncf=nncf.__version__, samples=count, preset=cfg.preset,
-                       method=cfg.method or "nncf default", quantize_ops=count_ops(out, {"FakeQuantize"}))
+                       method=cfg.method or "nncf default", bias_correction=cfg.bias_correction,
+                       quantize_ops=count_ops(out, {"FakeQuantize"}))
     if ctx.details["quantize_ops"] == 0:
         out.precision = "fp32"
         out.notes.append("NNCF found no layer to quantize: the artifact stays FP32")
