@@ -19,7 +19,7 @@ from .data import Dataset, open_dataset
 from .errors import ChainError, CompressError, DataError, InputError, StageError
 from .fsutil import atomic_dir, atomic_write_json, atomic_write_text
 from .models import ModelSpec, import_callable, load_model
-from .recipe import CompileConfig, MetricConfig, Recipe
+from .recipe import CompileConfig, Gates, MetricConfig, Recipe
 from .runtimes import open_session
 from .stages import Progress, StageContext, handler_for, output_type
 from .targets import Target, resolve_target
@@ -360,7 +360,8 @@ class _Runner:
             return None
         recipe = self.recipe
         return cache.digest({
-            "input": input_id, "input_kind": artifact.kind, "stage": planned.config.model_dump(mode="json"),
+            "input": input_id, "input_kind": artifact.kind,
+            "stage": planned.config.model_dump(mode="json", exclude={"gates"}),   # gates judge; they change nothing
             "target": planned.target.model_dump(mode="json") if planned.target else None,
             "data": cache.data_identity(recipe.data.calibration, recipe.data.transform, recipe.data.batch_size,
                                         self.plan.base_dir),
@@ -515,11 +516,11 @@ class _Runner:
 
 
 def evaluate_gates(recipe: Recipe, final: dict, reference: dict, stages: list[dict] | None = None) -> list[dict]:
-    """Gates judge the last stage's artifact: what ships. A quantize stage that quantized nothing
-    always fails (the recipe asked for INT8 and did not get it)."""
-    g = recipe.gates
+    """The recipe's gates judge the last stage's artifact: what ships; a stage's own `gates:` judge
+    that stage's output. A quantize stage that quantized nothing always fails (the recipe asked for
+    INT8 and did not get it)."""
     gates = []
-    for stage in stages or []:
+    for cfg, stage in zip(recipe.stages, stages or []):
         budget = stage["details"].get("budget")
         if budget is not None and not budget["met"]:
             reached = budget["reached"]
@@ -532,25 +533,33 @@ def evaluate_gates(recipe: Recipe, final: dict, reference: dict, stages: list[di
         if stage["type"] in ("quantize", "qat") and stage["details"].get("quantize_ops") == 0:
             gates.append({"gate": "quantized", "threshold": "> 0 quantized ops", "value": 0, "passed": False,
                           "detail": f"stage {stage['name']} quantized no layer: {'; '.join(stage['notes'])}"})
+        if cfg.gates is not None:
+            gates += _threshold_gates(cfg.gates, stage, reference, f"{stage['name']}.", f"after stage {stage['name']}: ")
+    return gates + _threshold_gates(recipe.gates, final, reference)
+
+
+def _threshold_gates(g: Gates, record: dict, reference: dict, prefix: str = "", context: str = "") -> list[dict]:
+    gates = []
     if g.max_accuracy_drop is not None:
-        drop = reference["primary"]["value"] - final["primary"]["value"]
-        if not final["primary"].get("higher_is_better", True):
+        drop = reference["primary"]["value"] - record["primary"]["value"]
+        if not record["primary"].get("higher_is_better", True):
             drop = -drop
-        gates.append({"gate": "max_accuracy_drop", "threshold": g.max_accuracy_drop, "value": round(drop, 4),
+        gates.append({"gate": prefix + "max_accuracy_drop", "threshold": g.max_accuracy_drop, "value": round(drop, 4),
                       "passed": drop <= g.max_accuracy_drop,
-                      "detail": f"{final['primary']['name']} dropped {drop:.2f} points "
-                                f"({reference['primary']['value']:.2f} -> {final['primary']['value']:.2f}); "
+                      "detail": f"{context}{record['primary']['name']} dropped {drop:.2f} points "
+                                f"({reference['primary']['value']:.2f} -> {record['primary']['value']:.2f}); "
                                 f"allowed {g.max_accuracy_drop}"})
     if g.min_speedup is not None:
-        speedup = final["speedup"]["vs_fp32_same_runtime"]
-        gates.append({"gate": "min_speedup", "threshold": g.min_speedup, "value": round(speedup, 4),
+        speedup = record["speedup"]["vs_fp32_same_runtime"]
+        gates.append({"gate": prefix + "min_speedup", "threshold": g.min_speedup, "value": round(speedup, 4),
                       "passed": speedup >= g.min_speedup,
-                      "detail": f"{speedup:.2f}x vs {final['speedup']['baseline']} (p50); required {g.min_speedup}x"})
+                      "detail": f"{context}{speedup:.2f}x vs {record['speedup']['baseline']} (p50); "
+                                f"required {g.min_speedup}x"})
     if g.max_size_mb is not None:
-        size = final["artifact"]["size_mb"]
-        gates.append({"gate": "max_size_mb", "threshold": g.max_size_mb, "value": size,
+        size = record["artifact"]["size_mb"]
+        gates.append({"gate": prefix + "max_size_mb", "threshold": g.max_size_mb, "value": size,
                       "passed": size is not None and size <= g.max_size_mb,
-                      "detail": f"{size} MB; allowed {g.max_size_mb} MB"})
+                      "detail": f"{context}{size} MB; allowed {g.max_size_mb} MB"})
     return gates
 
 

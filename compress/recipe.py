@@ -133,9 +133,17 @@ class DataConfig(Strict):
     batch_size: int = Field(32, ge=1, le=4096, description="batch size for calibration and evaluation")
 
 
-# ---------------------------------------------------------------- stages
+# ---------------------------------------------------------------- gates, stages
+class Gates(Strict):
+    max_accuracy_drop: float | None = Field(None, ge=0, le=100, description="points of the primary metric")
+    min_speedup: float | None = Field(None, gt=0, le=10_000, description="vs FP32 on the same runtime")
+    max_size_mb: float | None = Field(None, gt=0)
+
+
 class StageBase(Strict):
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    gates: Gates | None = Field(None, description="gates on this stage's own output (the recipe's `gates:` "
+                                                  "judge the last stage), e.g. what pruning alone may cost")
 
 
 class QuantizeConfig(StageBase):
@@ -315,13 +323,7 @@ StageConfig = Annotated[Union[PruneConfig, QuantizeConfig, QatConfig, ExportConf
 STAGE_TYPES = ("prune", "quantize", "qat", "export", "compile")
 
 
-# ---------------------------------------------------------------- gates, latency, recipe
-class Gates(Strict):
-    max_accuracy_drop: float | None = Field(None, ge=0, le=100, description="points of the primary metric")
-    min_speedup: float | None = Field(None, gt=0, le=10_000, description="vs FP32 on the same runtime")
-    max_size_mb: float | None = Field(None, gt=0)
-
-
+# ---------------------------------------------------------------- latency, recipe
 class LatencyConfig(Strict):
     threads: int | None = Field(None, ge=1, le=512, description="default: the target's (or 2)")
     batch: int | None = Field(None, ge=1, le=4096, description="default: the target's (or 1)")

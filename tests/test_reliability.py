@@ -42,6 +42,10 @@ def test_rerun_reuses_stages_and_a_changed_stage_recomputes_from_there(tmp):
     assert [s["cached"] for s in third.stages] == ["cache", None, None]
     fresh = compress.run(recipe, out=tmp, cache=False)
     assert [s["cached"] for s in fresh.stages] == [None, None, None]
+    gated = _small([{**ORT_CHAIN[0], "gates": {"max_accuracy_drop": 5.0}}, *ORT_CHAIN[1:]])
+    judged = compress.run(gated, out=tmp)   # a stage's gates judge its output; they do not change it
+    assert [s["cached"] for s in judged.stages] == ["cache", "cache", "cache"]
+    assert [g["gate"] for g in judged.gates] == [f"{judged.stages[0]['name']}.max_accuracy_drop"]
 
 
 def test_same_recipe_and_seed_give_identical_artifacts_and_metrics(tmp):

@@ -102,6 +102,22 @@ def test_gates_pass_and_fail_with_amounts():
     assert gates["max_accuracy_drop"]["passed"] and not gates["min_speedup"]["passed"] and gates["max_size_mb"]["passed"]
 
 
+def test_a_stage_gate_judges_that_stage_and_the_recipe_gate_the_last():
+    recipe = parse_recipe(fashion_recipe(
+        [{"type": "export", "gates": {"max_accuracy_drop": 0.5, "min_speedup": 1.2}}, {"type": "compile",
+                                                                                     "target": "x86-cpu-onnxruntime"}],
+        gates={"max_accuracy_drop": 1.0}))
+    reference, first = _records(92.0, 91.2, 1.5, 0.6)
+    _, last = _records(92.0, 91.4, 1.1, 0.6)
+    stages = [{**first, "name": "export", "type": "export", "details": {}},
+              {**last, "name": "compile", "type": "compile", "details": {}}]
+    gates = {g["gate"]: g for g in evaluate_gates(recipe, last, reference, stages)}
+    assert set(gates) == {"export.max_accuracy_drop", "export.min_speedup", "max_accuracy_drop"}
+    assert not gates["export.max_accuracy_drop"]["passed"] and gates["export.max_accuracy_drop"]["value"] == pytest.approx(0.8)
+    assert gates["export.max_accuracy_drop"]["detail"].startswith("after stage export: top1 dropped 0.80 points")
+    assert gates["export.min_speedup"]["passed"] and gates["max_accuracy_drop"]["passed"]
+
+
 def test_latency_protocol_counts_runs_and_records_threads():
     calls = []
     session = Session("fake", lambda feeds: calls.append(1) or [feeds["input"]], settings={"threads": 3})
