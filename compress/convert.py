@@ -49,9 +49,17 @@ def to_openvino(artifact: Artifact, spec: ModelSpec):
             warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
 
             example = tuple(torch.from_numpy(v) for v in spec.dummy().values())
+            example_input = example if len(example) > 1 else example[0]
             shapes = [ov.PartialShape([-1, *s.shape[1:]]) for s in spec.inputs]
-            model = ov.convert_model(artifact.module, example_input=example if len(example) > 1 else example[0],
-                                     input=shapes)
+            try:
+                model = ov.convert_model(artifact.module, example_input=example_input, input=shapes)
+            except Exception:
+                # OpenVINO traces with torch.jit's sanity check, which rejects some models whose two
+                # traces differ only in value names (torchvision's ViT with this torch). Trace without it.
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    traced = torch.jit.trace(artifact.module, example, check_trace=False, strict=False)
+                model = ov.convert_model(traced, example_input=example_input, input=shapes)
         elif isinstance(artifact, OnnxModel):
             model = ov.convert_model(str(artifact.path))
             model.reshape({port.any_name: ov.PartialShape([-1, *spec_shape[1:]])
