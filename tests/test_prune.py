@@ -168,6 +168,61 @@ def test_the_suggested_ignore_list_makes_the_raw_parameter_model_prunable(tmp):
     assert compress.run(recipe, out=tmp).passed
 
 
+SMALL_ARCHITECTURES = """
+import torch
+from torchvision.models import shufflenet_v2_x0_5
+from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+
+def convnext():   # each block scales its output by a raw (C, 1, 1) layer_scale parameter
+    torch.manual_seed(0)
+    return ConvNeXt([CNBlockConfig(16, 32, 1), CNBlockConfig(32, None, 1)], num_classes=10)
+
+
+def shufflenet():  # channel shuffle: a view that regroups channels
+    torch.manual_seed(0)
+    return shufflenet_v2_x0_5(num_classes=10)
+"""
+
+
+def _architecture(tmp, factory, stages):
+    (tmp / "arch.py").write_text(SMALL_ARCHITECTURES)
+    recipe = _recipe(stages)
+    recipe["model"] = {"source": "python", "factory": f"{tmp / 'arch.py'}:{factory}", "input": {"shape": [1, 3, 32, 32]}}
+    recipe["data"] = {"calibration": {"path": str(ROOT / "calibration_data/fashion_png"), "samples": 8},
+                      "eval": {"path": str(ROOT / "calibration_data/fashion_png"), "samples": 8}, "batch_size": 8}
+    recipe["metric"] = {"primary": "cosine"}
+    return recipe
+
+
+def test_a_per_channel_raw_parameter_is_pruned_along_its_channels(tmp):
+    import importlib.util
+
+    from compress.torchio import load_module
+
+    result = compress.run(_architecture(tmp, "convnext", [{"type": "prune", "ratio": 0.5}]), out=tmp)
+    details = result.stages[0]["details"]
+    assert details["params_after"] < details["params_before"] / 2
+    spec = importlib.util.spec_from_file_location("arch", tmp / "arch.py")
+    arch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(arch)
+    pruned = load_module(arch.convnext(), result.run_dir / result.stages[0]["artifact"]["path"])
+    blocks = [m for m in pruned.modules() if hasattr(m, "layer_scale")]
+    assert len(blocks) == 2
+    for block in blocks:   # each scale follows its block's (pruned) channels
+        assert block.layer_scale.shape[0] == block.block[0].out_channels < 32
+    assert pruned(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_a_reshape_torch_pruning_cannot_follow_names_the_op_and_the_layer_before_it(tmp):
+    proc = cli("run", write_recipe(tmp, _architecture(tmp, "shufflenet", [{"type": "prune", "ratio": 0.3}])),
+               "--out", tmp / "runs", "-q")
+    text = " ".join(proc.stderr.split())
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, text
+    assert "cannot build its dependency graph" in text and "view op after layer 'stage" in text
+    assert "`ignore:` does not help" in text
+
+
 def test_bn_recalibration_replaces_stale_statistics_with_the_data_s():
     from compress.train import recalibrate_bn
 

@@ -118,13 +118,24 @@ def _channel(cfg: PruneConfig, module, ctx: StageContext) -> dict:
                                           pruning_ratio=ratio, max_pruning_ratio=cfg.max_ratio, iterative_steps=steps,
                                           ignored_layers=ignored, round_to=cfg.round_to)
     except Exception as exc:
+        op, after = _graph_failure(exc, module)
+        if op is not None:   # Torch-Pruning's graph covers the whole model: `ignore:` cannot route around it
+            raise ModelError(f"Torch-Pruning cannot build its dependency graph: it fails on the {op} op after layer "
+                             f"'{after}' ({type(exc).__name__}: {first_line(exc)[:200]}), e.g. a channel shuffle "
+                             "or a view that regroups channels", where=ctx.where,
+                             hint="`ignore:` does not help here; prune with method unstructured or 2:4, or rewrite "
+                                  "that reshape in the model.") from None
         raise ModelError(f"Torch-Pruning cannot trace the model: {type(exc).__name__}: {first_line(exc)[:300]}",
                          where=ctx.where, hint="Add the layer it names to `ignore:`, or prune with method "
                                                "unstructured.") from None
-    raw = [name for w in caught if "nwrapped parameters" in str(w.message) for name in _UNWRAPPED.findall(str(w.message))]
+    found = [name for w in caught if "nwrapped parameters" in str(w.message) for name in _UNWRAPPED.findall(str(w.message))]
+    # A raw parameter with one non-singleton dimension (a per-channel scale such as ConvNeXt's
+    # layer_scale) can only be cut along that dimension, which Torch-Pruning does. With more, it
+    # would guess which dimension to cut: refuse rather than guess.
+    params = dict(module.named_parameters())
+    raw = [name for name in found if name not in params or sum(d > 1 for d in params[name].shape) > 1]
     ignored_names = _names_of(module, ignored)
     if any((name.rpartition(".")[0] or name) not in ignored_names for name in raw):
-        # Torch-Pruning would guess which dimension of such a parameter to cut: refuse rather than guess
         raise _untraceable("Torch-Pruning cannot trace the model", raw, None, ctx)
     details: dict = {"method": "channel", "importance": cfg.importance, "scope": cfg.scope, "round_to": cfg.round_to,
                      "ignored": ignored_names,
@@ -166,6 +177,31 @@ def _channel(cfg: PruneConfig, module, ctx: StageContext) -> dict:
 
 
 _UNWRAPPED = re.compile(r"'([^']+)'")   # names in Torch-Pruning's "Unwrapped parameters detected: [...]"
+
+
+def _graph_failure(exc: Exception, module) -> tuple[str | None, str | None]:
+    """The Torch-Pruning graph node whose handling raised (from the traceback) and the nearest model
+    layer upstream of it, or (None, None) when the failure is not inside the graph build."""
+    names = {m: n for n, m in module.named_modules()}
+    node, tb = None, exc.__traceback__
+    while tb is not None:
+        candidate = tb.tb_frame.f_locals.get("node")
+        if candidate is not None and hasattr(candidate, "inputs") and hasattr(candidate, "grad_fn"):
+            node = candidate
+        tb = tb.tb_next
+    if node is None:
+        return None, None
+    op = type(node.grad_fn).__name__.removesuffix("Backward0").lower() if node.grad_fn is not None else "unknown"
+    seen, frontier = set(), list(node.inputs)
+    while frontier:
+        current = frontier.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if names.get(current.module):
+            return op, names[current.module]
+        frontier.extend(current.inputs)
+    return op, "(the model input)"
 
 
 def _failing_layer(module, example) -> tuple[str | None, str | None]:
