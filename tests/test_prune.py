@@ -182,6 +182,14 @@ def convnext():   # each block scales its output by a raw (C, 1, 1) layer_scale 
 def shufflenet():  # channel shuffle: a view that regroups channels
     torch.manual_seed(0)
     return shufflenet_v2_x0_5(num_classes=10)
+
+
+def swin():        # shifted-window attention, which Torch-Pruning's graph build does not survive
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    torch.manual_seed(0)
+    return SwinTransformer(patch_size=[4, 4], embed_dim=8, depths=[2], num_heads=[1], window_size=[4, 4],
+                           num_classes=10)
 """
 
 
@@ -221,6 +229,14 @@ def test_a_reshape_torch_pruning_cannot_follow_names_the_op_and_the_layer_before
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, text
     assert "cannot build its dependency graph" in text and "view op after layer 'stage" in text
     assert "`ignore:` does not help" in text
+
+
+def test_swin_is_refused_before_torch_pruning_runs_out_of_memory(tmp):
+    proc = cli("run", write_recipe(tmp, _architecture(tmp, "swin", [{"type": "prune", "ratio": 0.3}])),
+               "--out", tmp / "runs", "-q")
+    text = " ".join(proc.stderr.split())
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, text
+    assert "cannot prune ShiftedWindowAttention" in text and "method unstructured" in text
 
 
 def test_bn_recalibration_replaces_stale_statistics_with_the_data_s():

@@ -106,6 +106,11 @@ def _channel(cfg: PruneConfig, module, ctx: StageContext) -> dict:
 
     example = tuple(torch.from_numpy(v) for v in ctx.spec.dummy(batch=1).values())
     ignored = _ignored(module, cfg.ignore, ctx.where) if cfg.ignore else _default_ignored(module)
+    beyond = sorted({type(m).__name__ for m in module.modules()} & _BEYOND_TORCH_PRUNING)
+    if beyond:
+        raise ModelError(f"Torch-Pruning {tp.__version__} cannot prune {', '.join(beyond)} (torchvision's Swin "
+                         "attention): building its dependency graph does not finish and takes all the memory",
+                         where=ctx.where, hint="Prune with method unstructured or 2:4, which keep every shape.")
     base_macs, base_params = count_macs(module, ctx.spec)
     budget = cfg.target
     steps = cfg.steps if budget is not None else 1
@@ -176,6 +181,9 @@ def _channel(cfg: PruneConfig, module, ctx: StageContext) -> dict:
     return details
 
 
+# Layers Torch-Pruning's graph build is known not to survive (its own torchvision example skips
+# Swin as "stuck"; here it was killed for memory at 24 GB). Refused before it starts.
+_BEYOND_TORCH_PRUNING = {"ShiftedWindowAttention", "ShiftedWindowAttentionV2"}
 _UNWRAPPED = re.compile(r"'([^']+)'")   # names in Torch-Pruning's "Unwrapped parameters detected: [...]"
 
 
