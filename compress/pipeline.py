@@ -15,7 +15,7 @@ from . import cache
 from . import report as report_mod
 from .artifacts import Artifact, OnnxModel, OpenVinoModel, TorchModel
 from .convert import save_openvino, to_openvino, torch_to_onnx
-from .data import Dataset, open_dataset
+from .data import Dataset, Head, open_dataset
 from .errors import ChainError, CompressError, DataError, InputError, StageError
 from .fsutil import atomic_dir, atomic_write_json, atomic_write_text
 from .models import ModelSpec, import_callable, load_model
@@ -276,6 +276,14 @@ class _Runner:
         artifact = ARTIFACT_TYPES[ptq["artifact_type"]](path=stage_dir / ptq["path"], precision=ptq["precision"])
         details["ptq"] = {**self._checkpoint_record(artifact, f"{where} PTQ start"), "path": ptq["path"]}
 
+    def _score(self, module, samples: int) -> tuple[str, float]:
+        """The recipe's primary metric for a torch module on the first `samples` eval samples, untimed."""
+        session = open_session(TorchModel(path=None, module=module), threads=self.plan.threads)
+        result = evaluate(session, Head(self.eval, samples), batch_size=self.recipe.data.batch_size,
+                          output_names=self.spec.outputs, reference=self.reference_outputs, metric=self.metric,
+                          label="in-stage check (torch)")
+        return primary_metric(result, self.spec.outputs, self.primary)
+
     def _primary(self, record: dict) -> tuple[str, float]:
         return primary_metric(EvalResult(metrics=record["metrics"], agreement=record["agreement"]), self.spec.outputs,
                               self.primary)
@@ -446,7 +454,7 @@ class _Runner:
                                eval=self.eval, train=self.train, threads=self.plan.threads, batch=self.plan.batch,
                                final_runtime=self.plan.stages[-1].output_type.runtime, run_dir=self.run_dir,
                                progress=self.reporter.progress, validate=self._checkpoint_record,
-                               stage_dir=stage_dir)
+                               score=self._score, stage_dir=stage_dir)
             key = self._stage_key(planned, artifact, input_id, versions)
             started = time.perf_counter()
             output, reused = self._reuse(stage_dir, key)

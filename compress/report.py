@@ -136,7 +136,7 @@ def sensitivity_svg(sens: dict) -> str:
     height = 40 + len(rows) * (len(ratios) * bar + gap)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + width + 80}" height="{height}" '
              'font-family="sans-serif" font-size="11">',
-             f'<text x="4" y="14">{sens["metric"]} drop (points) when one layer is pruned alone</text>']
+             f'<text x="4" y="14">{sens["metric"]} drop when one layer is pruned alone</text>']
     for i, ratio in enumerate(ratios):
         parts.append(f'<rect x="{label_w + i * 90}" y="20" width="10" height="10" fill="{colors[i % 5]}"/>'
                      f'<text x="{label_w + i * 90 + 14}" y="29">{float(ratio):.0%} of channels</text>')
@@ -162,7 +162,8 @@ def _sensitivity_md(stage: dict) -> list[str]:
     ratios = [str(r) for r in sens["ratios"]]
     lines = [f"## Pruning sensitivity ({stage['name']})", "",
              f"{sens['metric']} on {sens['samples']} eval samples (torch), baseline {sens['baseline']:.2f}; "
-             "drop in points when only that layer loses the share of its output channels with the lowest L1 norm "
+             "drop (points; a metric of yours in its own units) when only that layer loses the share of its output "
+             "channels with the lowest L1 norm "
              "(with everything that depends on them). Layers that hurt most are candidates for `ignore:`.", "",
              f"![sensitivity](sensitivity-{stage['name']}.svg)", "",
              "| layer | channels | " + " | ".join(f"drop @ {float(r):.0%}" for r in ratios) + " |",

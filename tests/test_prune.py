@@ -82,9 +82,33 @@ def test_finetune_with_distillation_and_sensitivity_scan(tmp):
     assert len(d["finetune"]) == 1 and d["finetune"][0]["loss"] > 0
     layers = {row["layer"] for row in d["sensitivity"]["layers"]}
     assert "features.0.0" in layers and "classifier" not in layers
+    assert d["finetune"][0]["metric"].startswith("top1 ") and d["sensitivity"]["metric"] == "top1"
     md = (result.run_dir / "report.md").read_text()
     assert "## Pruning sensitivity" in md and "fine-tuning epoch 1" in md
     assert (result.run_dir / "sensitivity-prune.svg").read_text().startswith("<svg")
+
+
+def test_segmentation_model_keeps_its_output_heads_and_the_scan_uses_the_recipe_metric(tmp):
+    import yaml
+
+    recipe = yaml.safe_load((ROOT / "recipes" / "segmentation-openvino.yaml").read_text())
+    recipe["stages"] = [{"type": "prune", "ratio": 0.5, "sensitivity": {"ratios": [0.5], "samples": 64}},
+                        {"type": "compile", "target": "x86-cpu-openvino"}]
+    recipe["gates"] = {}
+    recipe["data"]["calibration"]["samples"] = 32
+    recipe["data"]["eval"]["samples"] = 64
+    recipe["latency"] = {"warmup": 1, "runs": 3}
+    result = compress.run(recipe, out=tmp, base_dir=ROOT / "recipes")
+    prune = result.stages[0]
+    # both heads (mask logits per class, class presence) keep their channels: the outputs keep their shapes
+    assert prune["details"]["ignored"] == ["mask_head", "presence_head"]
+    assert prune["details"]["params"] < 0.5 * prune["details"]["params_before"]
+    assert result.stages[1]["runtime"] == "openvino" and "miou" in result.stages[1]["metrics"]
+    sens = prune["details"]["sensitivity"]
+    assert sens["metric"] == "miou"   # the recipe's own metric, on the same 64 scenes as the reference
+    assert sens["baseline"] == pytest.approx(result.report["reference"]["primary"]["value"])
+    assert {row["layer"] for row in sens["layers"]}.isdisjoint({"mask_head", "presence_head"})
+    assert max(d for row in sens["layers"] for d in row["drops"].values() if d is not None) > 1.0
 
 
 @pytest.mark.parametrize("stage, fragment", [

@@ -249,6 +249,25 @@ class PythonDataset(Dataset):
             yield feeds, targets
 
 
+class Head:
+    """The first batches of `dataset` that hold at least `samples` samples. Whole batches, in the
+    dataset's order, so that outputs recorded batch by batch over the full set (the FP32 reference)
+    line up with them."""
+
+    def __init__(self, dataset, samples: int):
+        self.dataset, self.samples = dataset, samples
+        self.has_labels = dataset.has_labels
+        self.where = dataset.where
+
+    def batches(self, batch_size: int, shuffle: int | None = None) -> Iterator[Batch]:
+        seen = 0
+        for feeds, labels in self.dataset.batches(batch_size):
+            if seen >= self.samples:
+                return
+            yield feeds, labels
+            seen += len(next(iter(feeds.values())))
+
+
 def _select(total: int, samples: int | None, seed: int) -> tuple[np.ndarray, list[str]]:
     notes = []
     if samples is None or samples >= total:

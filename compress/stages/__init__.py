@@ -44,6 +44,9 @@ class StageContext:
     stage_dir: Path | None = None                # where out_dir lands when the stage succeeds
     progress: Callable[[str, int], Progress] = lambda description, total: Progress()   # a bar for long loops
     validate: Callable[[Artifact, str], dict] | None = None  # validate an intermediate artifact like a stage output
+    # the recipe's primary metric (user metric, labels or agreement with FP32) of a torch module on the
+    # first N eval samples: quick checks inside a stage (fine-tuning epochs, pruning sensitivity)
+    score: Callable[[object, int], tuple[str, float]] | None = None
 
 
 @dataclass(frozen=True)

@@ -45,12 +45,34 @@ def _names_of(module, layers: list) -> list[str]:
     return [n for n, m in module.named_modules() if any(m is layer for layer in layers)]
 
 
-def _default_ignored(module) -> list:
-    """The classifier head: the last Linear whose outputs are the model's outputs."""
+def _output_layers(module, example) -> list:
+    """The layers whose channels are the model's output channels (classifier and segmentation heads):
+    from each conv/linear, follow Torch-Pruning's graph forward through channel-keeping ops (norms,
+    activations, pooling, reshapes, adds, concats); reaching the graph's end without passing another
+    conv/linear means that pruning it would change an output's shape."""
     import torch
+    import torch_pruning as tp
 
-    linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
-    return linears[-1:]
+    remap = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d,
+             torch.nn.ConvTranspose3d, torch.nn.Linear)
+    graph = tp.DependencyGraph().build_dependency(module, example if len(example) > 1 else example[0])
+    found = []
+    for layer, node in graph.module2node.items():
+        if not isinstance(layer, remap):
+            continue
+        seen, frontier = set(), [node]
+        while frontier:
+            current = frontier.pop()
+            if id(current) in seen:
+                continue
+            seen.add(id(current))
+            if current is not node and isinstance(current.module, remap):
+                continue
+            if not current.outputs:
+                found.append(layer)
+                break
+            frontier.extend(current.outputs)
+    return found
 
 
 def _importance(name: str):
@@ -105,12 +127,7 @@ def _channel(cfg: PruneConfig, module, ctx: StageContext) -> dict:
     import torch_pruning as tp
 
     example = tuple(torch.from_numpy(v) for v in ctx.spec.dummy(batch=1).values())
-    ignored = _ignored(module, cfg.ignore, ctx.where) if cfg.ignore else _default_ignored(module)
-    beyond = sorted({type(m).__name__ for m in module.modules()} & _BEYOND_TORCH_PRUNING)
-    if beyond:
-        raise ModelError(f"Torch-Pruning {tp.__version__} cannot prune {', '.join(beyond)} (torchvision's Swin "
-                         "attention): building its dependency graph does not finish and takes all the memory",
-                         where=ctx.where, hint="Prune with method unstructured or 2:4, which keep every shape.")
+    ignored = _ignored(module, cfg.ignore, ctx.where)
     base_macs, base_params = count_macs(module, ctx.spec)
     budget = cfg.target
     steps = cfg.steps if budget is not None else 1
@@ -118,21 +135,14 @@ def _channel(cfg: PruneConfig, module, ctx: StageContext) -> dict:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
+            # output layers always stay: pruning them would change the shapes the model returns
+            ignored += [m for m in _output_layers(module, example) if not any(m is i for i in ignored)]
             pruner = tp.pruner.MetaPruner(module, example if len(example) > 1 else example[0],
                                           importance=_importance(cfg.importance), global_pruning=cfg.scope == "global",
                                           pruning_ratio=ratio, max_pruning_ratio=cfg.max_ratio, iterative_steps=steps,
                                           ignored_layers=ignored, round_to=cfg.round_to)
     except Exception as exc:
-        op, after = _graph_failure(exc, module)
-        if op is not None:   # Torch-Pruning's graph covers the whole model: `ignore:` cannot route around it
-            raise ModelError(f"Torch-Pruning cannot build its dependency graph: it fails on the {op} op after layer "
-                             f"'{after}' ({type(exc).__name__}: {first_line(exc)[:200]}), e.g. a channel shuffle "
-                             "or a view that regroups channels", where=ctx.where,
-                             hint="`ignore:` does not help here; prune with method unstructured or 2:4, or rewrite "
-                                  "that reshape in the model.") from None
-        raise ModelError(f"Torch-Pruning cannot trace the model: {type(exc).__name__}: {first_line(exc)[:300]}",
-                         where=ctx.where, hint="Add the layer it names to `ignore:`, or prune with method "
-                                               "unstructured.") from None
+        raise _graph_error(exc, module, ctx) from None
     found = [name for w in caught if "nwrapped parameters" in str(w.message) for name in _UNWRAPPED.findall(str(w.message))]
     # A raw parameter with one non-singleton dimension (a per-channel scale such as ConvNeXt's
     # layer_scale) can only be cut along that dimension, which Torch-Pruning does. With more, it
@@ -181,10 +191,33 @@ def _channel(cfg: PruneConfig, module, ctx: StageContext) -> dict:
     return details
 
 
+def _refuse_known_failures(module, ctx: StageContext) -> None:
+    import torch_pruning as tp
+
+    beyond = sorted({type(m).__name__ for m in module.modules()} & _BEYOND_TORCH_PRUNING)
+    if beyond:
+        raise ModelError(f"Torch-Pruning {tp.__version__} cannot prune {', '.join(beyond)} (torchvision's Swin "
+                         "attention): building its dependency graph does not finish and takes all the memory",
+                         where=ctx.where, hint="Prune with method unstructured or 2:4 (without `sensitivity:`), "
+                                               "which keep every shape.")
+
+
 # Layers Torch-Pruning's graph build is known not to survive (its own torchvision example skips
 # Swin as "stuck"; here it was killed for memory at 24 GB). Refused before it starts.
 _BEYOND_TORCH_PRUNING = {"ShiftedWindowAttention", "ShiftedWindowAttentionV2"}
 _UNWRAPPED = re.compile(r"'([^']+)'")   # names in Torch-Pruning's "Unwrapped parameters detected: [...]"
+
+
+def _graph_error(exc: Exception, module, ctx: StageContext) -> ModelError:
+    op, after = _graph_failure(exc, module)
+    if op is not None:   # Torch-Pruning's graph covers the whole model: `ignore:` cannot route around it
+        return ModelError(f"Torch-Pruning cannot build its dependency graph: it fails on the {op} op after layer "
+                          f"'{after}' ({type(exc).__name__}: {first_line(exc)[:200]}), e.g. a channel shuffle "
+                          "or a view that regroups channels", where=ctx.where,
+                          hint="`ignore:` does not help here; prune with method unstructured or 2:4, or rewrite "
+                               "that reshape in the model.")
+    return ModelError(f"Torch-Pruning cannot trace the model: {type(exc).__name__}: {first_line(exc)[:300]}",
+                      where=ctx.where, hint="Add the layer it names to `ignore:`, or prune with method unstructured.")
 
 
 def _graph_failure(exc: Exception, module) -> tuple[str | None, str | None]:
@@ -302,37 +335,19 @@ def _semi_structured(cfg: PruneConfig, module, ctx: StageContext) -> dict:
     return {"method": "2:4", "layers": done, "skipped_not_multiple_of_4": skipped}
 
 
-def _torch_metric(module, ctx: StageContext, samples: int) -> tuple[str, float]:
-    """Top-1 with labels, else top-1 agreement with the FP32 model, on the first `samples` eval samples (torch)."""
-    import torch
-
-    from ..train import _first, _tensors
-
-    hits = n = 0
-    with torch.inference_mode():
-        for feeds, labels in ctx.eval.batches(ctx.recipe.data.batch_size):
-            inputs = _tensors(feeds)
-            out = _first(module(*inputs))
-            if ctx.eval.has_labels and labels is not None:
-                target = torch.from_numpy(labels)
-            else:
-                target = _first(ctx.reference.module(*inputs)).argmax(1)
-            hits += int((out.argmax(1) == target).sum())
-            n += len(target)
-            if n >= samples:
-                break
-    return ("top1" if ctx.eval.has_labels else "top1_agreement"), 100.0 * hits / max(n, 1)
-
-
 def _sensitivity(cfg: PruneConfig, module, ctx: StageContext) -> dict:
-    """Prune each layer alone at each ratio and measure the metric drop (torch, eval subset)."""
+    """Prune each layer alone at each ratio and measure the drop of the recipe's primary metric (torch,
+    first eval samples)."""
     import torch
     import torch_pruning as tp
 
     samples = cfg.sensitivity.samples
-    name, base = _torch_metric(module, ctx, samples)
+    name, base = ctx.score(module, samples)
     example = tuple(torch.from_numpy(v) for v in ctx.spec.dummy(batch=1).values())
-    skip = set(cfg.ignore) | set(_names_of(module, _default_ignored(module)))
+    try:
+        skip = set(cfg.ignore) | set(_names_of(module, _output_layers(module, example)))
+    except Exception as exc:
+        raise _graph_error(exc, module, ctx) from None
     rows = []
     for layer_name, layer in module.named_modules():
         if not isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)) or layer_name in skip:
@@ -356,7 +371,8 @@ def _sensitivity(cfg: PruneConfig, module, ctx: StageContext) -> dict:
             except Exception:
                 row["drops"][str(ratio)] = None
                 continue
-            row["drops"][str(ratio)] = base - _torch_metric(trial, ctx, samples)[1]
+            value = ctx.score(trial, samples)[1]
+            row["drops"][str(ratio)] = base - value if ctx.recipe.metric.higher_is_better else value - base
         rows.append(row)
     return {"metric": name, "baseline": base, "samples": samples, "ratios": cfg.sensitivity.ratios, "layers": rows}
 
@@ -371,6 +387,8 @@ def prune(cfg: PruneConfig, artifact: TorchModel, ctx: StageContext) -> TorchMod
     _plan_check(cfg, ctx)
     module = copy.deepcopy(artifact.module).eval()
     details = {}
+    if cfg.method == "channel" or cfg.sensitivity is not None:   # both build Torch-Pruning's graph
+        _refuse_known_failures(module, ctx)
     if cfg.sensitivity is not None:
         details["sensitivity"] = _sensitivity(cfg, module, ctx)
     ctx.log(f"pruning ({cfg.method})")
@@ -386,7 +404,7 @@ def prune(cfg: PruneConfig, artifact: TorchModel, ctx: StageContext) -> TorchMod
         teacher = ctx.reference.module if cfg.finetune.distill is not None else None
 
         def metric_text(m) -> str:
-            name, value = _torch_metric(m, ctx, cfg.finetune.eval_samples)
+            name, value = ctx.score(m, cfg.finetune.eval_samples)
             return f"{name} {value:.2f}"
 
         ctx.log(f"fine-tuning {cfg.finetune.epochs} epoch(s)")

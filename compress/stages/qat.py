@@ -18,7 +18,7 @@ from ..convert import count_ops, save_openvino, stamp_onnx, to_openvino, torch_t
 from ..errors import InputError, StageError, first_line
 from ..recipe import QatConfig
 from . import StageContext, keep_last_good, register
-from .prune import _ignored, _torch_metric
+from .prune import _ignored
 from .quantize import CalibrationSamples, call_nncf
 
 DEFAULT_SAMPLES = 300
@@ -199,7 +199,7 @@ def qat(cfg: QatConfig, artifact: TorchModel, ctx: StageContext):
     teacher = ctx.reference.module if cfg.finetune.distill is not None else None
 
     def metric_text(m) -> str:
-        name, value = _torch_metric(m, ctx, cfg.finetune.eval_samples)
+        name, value = ctx.score(m, cfg.finetune.eval_samples)
         return f"{name} {value:.2f} (torch fake-quant)"
 
     ctx.log(f"QAT: {cfg.finetune.epochs} epoch(s), {cfg.finetune.optimizer} lr {cfg.finetune.lr}")
