@@ -11,6 +11,7 @@ import numpy as np
 
 from .data import Dataset
 from .errors import InputError
+from .models import flatten_outputs
 from .recipe import FinetuneConfig
 
 
@@ -21,13 +22,18 @@ def _tensors(feeds: dict[str, np.ndarray]):
 
 
 def _first(out):
-    import torch
+    return flatten_outputs(out)[0][0]
 
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, dict):
-        return next(iter(out.values()))
-    return _first(out[0])
+
+def _distill_loss(student, teacher, temperature: float):
+    """Class scores [N, C]: KL between the softened distributions (scaled by T^2); any other output
+    (segmentation logits, boxes, embeddings, regression): mean squared error against the teacher."""
+    import torch.nn.functional as F
+
+    if student.ndim == 2 and student.shape[1] > 1:
+        return F.kl_div(F.log_softmax(student / temperature, 1), F.softmax(teacher / temperature, 1),
+                        reduction="batchmean") * temperature ** 2
+    return F.mse_loss(student, teacher)
 
 
 class TrainingDiverged(InputError):
@@ -106,19 +112,17 @@ def finetune(module, teacher, train: Dataset, cfg: FinetuneConfig, *, log: Calla
                     on_step(global_step)
                 global_step += 1
                 inputs = _tensors(feeds)
-                logits = _first(module(*inputs))
+                outputs = flatten_outputs(module(*inputs))[0]
+                logits = outputs[0]
                 loss = torch.zeros((), dtype=logits.dtype)
                 if use_labels and alpha < 1.0:
                     loss = loss + (1 - alpha) * F.cross_entropy(logits, torch.from_numpy(labels),
                                                                 label_smoothing=cfg.label_smoothing)
                 if alpha > 0:
                     with torch.no_grad():
-                        target = _first(teacher(*inputs))
-                    if logits.ndim == 2 and logits.shape[1] > 1:
-                        kd = F.kl_div(F.log_softmax(logits / temperature, 1), F.softmax(target / temperature, 1),
-                                      reduction="batchmean") * temperature ** 2
-                    else:
-                        kd = F.mse_loss(logits, target)
+                        targets = flatten_outputs(teacher(*inputs))[0]
+                    # every floating-point output is distilled (a segmenter's masks and its presence head alike)
+                    kd = sum(_distill_loss(s, t, temperature) for s, t in zip(outputs, targets) if s.is_floating_point())
                     loss = loss + alpha * kd
                 if not math.isfinite(float(loss.detach())):
                     module.load_state_dict(good)

@@ -263,6 +263,55 @@ def test_swin_is_refused_before_torch_pruning_runs_out_of_memory(tmp):
     assert "cannot prune ShiftedWindowAttention" in text and "method unstructured" in text
 
 
+def test_distillation_trains_every_output_of_a_multi_output_model():
+    import copy
+
+    from compress.recipe import FinetuneConfig
+    from compress.stages import Progress
+    from compress.train import finetune
+
+    with np.load(ROOT / "calibration_data" / "fashion_mnist_calib.npz") as f:
+        x = ((f["x"][:256].astype(np.float32) / 255 - 0.286) / 0.353)
+
+    class Images:   # what finetune reads from a dataset, over real images, without labels
+        has_labels = False
+
+        def __len__(self):
+            return len(x)
+
+        def batches(self, batch_size, shuffle=None):
+            for i in range(0, len(x), batch_size):
+                yield {"input": x[i:i + batch_size]}, None
+
+    class TwoHeads(torch.nn.Module):   # class scores and a dense map, as a segmenter returns
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Conv2d(1, 4, 3, padding=1)
+            self.scores = torch.nn.Linear(4, 10)
+            self.dense = torch.nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            h = self.body(x).relu()
+            return {"scores": self.scores(h.mean((2, 3))), "dense": self.dense(h)}
+
+    torch.manual_seed(0)
+    teacher = TwoHeads().eval()
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        student.dense.weight.add_(torch.randn_like(student.dense.weight))   # only the second head is off
+    inputs = torch.from_numpy(x)
+
+    def dense_error():
+        with torch.no_grad():
+            return float((student(inputs)["dense"] - teacher(inputs)["dense"]).pow(2).mean())
+
+    before = dense_error()
+    cfg = FinetuneConfig(epochs=3, lr=0.01, batch_size=32, distill={"alpha": 1.0})
+    finetune(student, teacher, Images(), cfg, log=lambda m: None, evaluate=lambda m: "", where="stages[0]",
+             threads=1, progress=lambda d, t: Progress())
+    assert dense_error() < 0.2 * before
+
+
 def test_bn_recalibration_replaces_stale_statistics_with_the_data_s():
     from compress.train import recalibrate_bn
 

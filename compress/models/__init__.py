@@ -123,7 +123,7 @@ def _load_state_dict(module, path: Path, where: str) -> None:
                          hint="Check that the factory builds the architecture the checkpoint was saved from.")
 
 
-def _flatten_outputs(out) -> tuple[list, list[str] | None]:
+def flatten_outputs(out) -> tuple[list, list[str] | None]:
     import torch
 
     if isinstance(out, torch.Tensor):
@@ -133,7 +133,7 @@ def _flatten_outputs(out) -> tuple[list, list[str] | None]:
     if isinstance(out, (list, tuple)):
         flat: list = []
         for item in out:
-            sub, _ = _flatten_outputs(item)
+            sub, _ = flatten_outputs(item)
             flat.extend(sub)
         return flat, None
     if hasattr(out, "_fields"):  # namedtuple
@@ -146,7 +146,7 @@ def torch_outputs(module, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray
 
     with torch.inference_mode():
         out = module(*[torch.from_numpy(np.ascontiguousarray(v)) for v in feeds.values()])
-    flat, names = _flatten_outputs(out)
+    flat, names = flatten_outputs(out)
     return [t.detach().float().numpy() if t.is_floating_point() else t.detach().numpy() for t in flat], names
 
 
