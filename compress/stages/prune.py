@@ -143,7 +143,8 @@ def _channel(cfg: PruneConfig, module, ctx: StageContext) -> dict:
                                           ignored_layers=ignored, round_to=cfg.round_to)
     except Exception as exc:
         raise _graph_error(exc, module, ctx) from None
-    found = [name for w in caught if "nwrapped parameters" in str(w.message) for name in _UNWRAPPED.findall(str(w.message))]
+    found = list(dict.fromkeys(name for w in caught if "nwrapped parameters" in str(w.message)   # two graph builds
+                               for name in _UNWRAPPED.findall(str(w.message))))
     # A raw parameter with one non-singleton dimension (a per-channel scale such as ConvNeXt's
     # layer_scale) can only be cut along that dimension, which Torch-Pruning does. With more, it
     # would guess which dimension to cut: refuse rather than guess.
