@@ -17,7 +17,7 @@ def torch_to_onnx(module, spec: ModelSpec, path: Path, *, opset: int = 17) -> No
 
     import torch
 
-    example = tuple(torch.from_numpy(v) for v in spec.dummy().values())
+    example = spec.example_tensors()
     names = [s.name for s in spec.inputs]
     axes = {name: {0: "batch"} for name in names + spec.outputs}
     with warnings.catch_warnings():
@@ -48,8 +48,7 @@ def to_openvino(artifact: Artifact, spec: ModelSpec):
 
             warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
 
-            example = tuple(torch.from_numpy(v) for v in spec.dummy().values())
-            example_input = example if len(example) > 1 else example[0]
+            example_input = spec.example_input()
             shapes = [ov.PartialShape([-1, *s.shape[1:]]) for s in spec.inputs]
             try:
                 model = ov.convert_model(artifact.module, example_input=example_input, input=shapes)
@@ -58,7 +57,8 @@ def to_openvino(artifact: Artifact, spec: ModelSpec):
                 # traces differ only in value names (torchvision's ViT with this torch). Trace without it.
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    traced = torch.jit.trace(artifact.module, example, check_trace=False, strict=False)
+                    traced = torch.jit.trace(artifact.module, spec.example_tensors(), check_trace=False,
+                                             strict=False)
                 model = ov.convert_model(traced, example_input=example_input, input=shapes)
         elif isinstance(artifact, OnnxModel):
             model = ov.convert_model(str(artifact.path))

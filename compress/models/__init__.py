@@ -42,6 +42,18 @@ class ModelSpec:
             feeds[spec.name] = np.zeros(shape, dtype=np.dtype(spec.dtype))
         return feeds
 
+    def example_tensors(self, batch: int | None = None) -> tuple:
+        """The zero-valued example inputs as torch tensors, one per input, in order."""
+        import torch
+
+        return tuple(torch.from_numpy(v) for v in self.dummy(batch).values())
+
+    def example_input(self, batch: int | None = None):
+        """What tracing tools take as `example_input(s)` (Torch-Pruning, NNCF, OpenVINO): the one
+        tensor of a single-input model, else the tuple."""
+        example = self.example_tensors(batch)
+        return example if len(example) > 1 else example[0]
+
 
 def resolve_path(value: str, base_dir: Path, *, where: str | None = None) -> Path:
     """`value` relative to `base_dir` (`~` expanded); a path the OS cannot take is an InputError."""

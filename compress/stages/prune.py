@@ -19,11 +19,9 @@ from . import StageContext, keep_last_good, register
 
 
 def count_macs(module, spec) -> tuple[int, int]:
-    import torch
     import torch_pruning as tp
 
-    example = tuple(torch.from_numpy(v) for v in spec.dummy(batch=1).values())
-    macs, params = tp.utils.count_ops_and_params(module, example if len(example) > 1 else example[0])
+    macs, params = tp.utils.count_ops_and_params(module, spec.example_input(batch=1))
     return int(macs), int(params)
 
 
@@ -45,7 +43,7 @@ def _names_of(module, layers: list) -> list[str]:
     return [n for n, m in module.named_modules() if any(m is layer for layer in layers)]
 
 
-def _output_layers(module, example) -> list:
+def _output_layers(module, example_input) -> list:
     """The layers whose channels are the model's output channels (classifier and segmentation heads):
     from each conv/linear, follow Torch-Pruning's graph forward through channel-keeping ops (norms,
     activations, pooling, reshapes, adds, concats); reaching the graph's end without passing another
@@ -55,7 +53,7 @@ def _output_layers(module, example) -> list:
 
     remap = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d,
              torch.nn.ConvTranspose3d, torch.nn.Linear)
-    graph = tp.DependencyGraph().build_dependency(module, example if len(example) > 1 else example[0])
+    graph = tp.DependencyGraph().build_dependency(module, example_input)
     found = []
     for layer, node in graph.module2node.items():
         if not isinstance(layer, remap):
@@ -123,10 +121,9 @@ def _runtime_latency(module, ctx: StageContext, runs: int = 20) -> float:
 
 
 def _channel(cfg: PruneConfig, module, ctx: StageContext) -> dict:
-    import torch
     import torch_pruning as tp
 
-    example = tuple(torch.from_numpy(v) for v in ctx.spec.dummy(batch=1).values())
+    example = ctx.spec.example_tensors(batch=1)
     ignored = _ignored(module, cfg.ignore, ctx.where)
     base_macs, base_params = count_macs(module, ctx.spec)
     budget = cfg.target
@@ -136,8 +133,9 @@ def _channel(cfg: PruneConfig, module, ctx: StageContext) -> dict:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             # output layers always stay: pruning them would change the shapes the model returns
-            ignored += [m for m in _output_layers(module, example) if not any(m is i for i in ignored)]
-            pruner = tp.pruner.MetaPruner(module, example if len(example) > 1 else example[0],
+            ignored += [m for m in _output_layers(module, ctx.spec.example_input(batch=1))
+                        if not any(m is i for i in ignored)]
+            pruner = tp.pruner.MetaPruner(module, ctx.spec.example_input(batch=1),
                                           importance=_importance(cfg.importance), global_pruning=cfg.scope == "global",
                                           pruning_ratio=ratio, max_pruning_ratio=cfg.max_ratio, iterative_steps=steps,
                                           ignored_layers=ignored, round_to=cfg.round_to)
@@ -344,7 +342,7 @@ def _sensitivity(cfg: PruneConfig, module, ctx: StageContext) -> dict:
 
     samples = cfg.sensitivity.samples
     name, base = ctx.score(module, samples)
-    example = tuple(torch.from_numpy(v) for v in ctx.spec.dummy(batch=1).values())
+    example = ctx.spec.example_input(batch=1)
     try:
         skip = set(cfg.ignore) | set(_names_of(module, _output_layers(module, example)))
     except Exception as exc:
@@ -359,7 +357,7 @@ def _sensitivity(cfg: PruneConfig, module, ctx: StageContext) -> dict:
             target = trial.get_submodule(layer_name)
             ctx.log(f"sensitivity: {layer_name} at {ratio:.0%}")
             try:
-                graph = tp.DependencyGraph().build_dependency(trial, example if len(example) > 1 else example[0])
+                graph = tp.DependencyGraph().build_dependency(trial, example)
                 fn = tp.prune_conv_out_channels if isinstance(target, torch.nn.Conv2d) else tp.prune_linear_out_channels
                 scores = target.weight.detach().abs().reshape(target.weight.shape[0], -1).sum(1)
                 k = int(round(ratio * len(scores)))

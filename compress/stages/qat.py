@@ -127,13 +127,11 @@ def _to_openvino_ir(qmodel, ctx: StageContext, path: Path, stamp: dict) -> OpenV
 
 def _to_onnx_qdq(qmodel, ctx: StageContext, path: Path, stamp: dict, nncf_model: bool) -> OnnxModel:
     import nncf
-    import torch
 
     plain = qmodel
     if nncf_model:   # fake-quant becomes torch.fake_quantize_* ops, which export as QuantizeLinear/DequantizeLinear
-        example = tuple(torch.from_numpy(v) for v in ctx.spec.dummy(batch=1).values())
         try:
-            plain = nncf.strip(qmodel, example_input=example if len(example) > 1 else example[0])
+            plain = nncf.strip(qmodel, example_input=ctx.spec.example_input(batch=1))
         except Exception as exc:
             raise StageError(f"NNCF could not strip the QAT model for export: {first_line(exc)[:300]}") from None
     torch_to_onnx(plain, ctx.spec, path)
