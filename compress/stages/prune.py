@@ -120,7 +120,8 @@ def _runtime_latency(module, ctx: StageContext, runs: int = 20) -> float:
     return p50
 
 
-def _channel(cfg: PruneConfig, module, ctx: StageContext) -> dict:
+def _channel(cfg: PruneConfig, module, ctx: StageContext, heads: list) -> dict:
+    """`heads`: the output layers, which always stay (pruning them would change the output shapes)."""
     import torch_pruning as tp
 
     example = ctx.spec.example_tensors(batch=1)
@@ -132,17 +133,14 @@ def _channel(cfg: PruneConfig, module, ctx: StageContext) -> dict:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            # output layers always stay: pruning them would change the shapes the model returns
-            ignored += [m for m in _output_layers(module, ctx.spec.example_input(batch=1))
-                        if not any(m is i for i in ignored)]
+            ignored += [m for m in heads if not any(m is i for i in ignored)]
             pruner = tp.pruner.MetaPruner(module, ctx.spec.example_input(batch=1),
                                           importance=_importance(cfg.importance), global_pruning=cfg.scope == "global",
                                           pruning_ratio=ratio, max_pruning_ratio=cfg.max_ratio, iterative_steps=steps,
                                           ignored_layers=ignored, round_to=cfg.round_to)
     except Exception as exc:
         raise _graph_error(exc, module, ctx) from None
-    found = list(dict.fromkeys(name for w in caught if "nwrapped parameters" in str(w.message)   # two graph builds
-                               for name in _UNWRAPPED.findall(str(w.message))))
+    found = [name for w in caught if "nwrapped parameters" in str(w.message) for name in _UNWRAPPED.findall(str(w.message))]
     # A raw parameter with one non-singleton dimension (a per-channel scale such as ConvNeXt's
     # layer_scale) can only be cut along that dimension, which Torch-Pruning does. With more, it
     # would guess which dimension to cut: refuse rather than guess.
@@ -334,7 +332,7 @@ def _semi_structured(cfg: PruneConfig, module, ctx: StageContext) -> dict:
     return {"method": "2:4", "layers": done, "skipped_not_multiple_of_4": skipped}
 
 
-def _sensitivity(cfg: PruneConfig, module, ctx: StageContext) -> dict:
+def _sensitivity(cfg: PruneConfig, module, ctx: StageContext, heads: list) -> dict:
     """Prune each layer alone at each ratio and measure the drop of the recipe's primary metric (torch,
     first eval samples)."""
     import torch
@@ -343,10 +341,7 @@ def _sensitivity(cfg: PruneConfig, module, ctx: StageContext) -> dict:
     samples = cfg.sensitivity.samples
     name, base = ctx.score(module, samples)
     example = ctx.spec.example_input(batch=1)
-    try:
-        skip = set(cfg.ignore) | set(_names_of(module, _output_layers(module, example)))
-    except Exception as exc:
-        raise _graph_error(exc, module, ctx) from None
+    skip = set(cfg.ignore) | set(_names_of(module, heads))
     rows = []
     for layer_name, layer in module.named_modules():
         if not isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)) or layer_name in skip:
@@ -386,12 +381,18 @@ def prune(cfg: PruneConfig, artifact: TorchModel, ctx: StageContext) -> TorchMod
     _plan_check(cfg, ctx)
     module = copy.deepcopy(artifact.module).eval()
     details = {}
+    heads: list = []
     if cfg.method == "channel" or cfg.sensitivity is not None:   # both build Torch-Pruning's graph
         _refuse_known_failures(module, ctx)
+        try:
+            heads = _output_layers(module, ctx.spec.example_input(batch=1))
+        except Exception as exc:
+            raise _graph_error(exc, module, ctx) from None
     if cfg.sensitivity is not None:
-        details["sensitivity"] = _sensitivity(cfg, module, ctx)
+        details["sensitivity"] = _sensitivity(cfg, module, ctx, heads)
     ctx.log(f"pruning ({cfg.method})")
-    details.update({"channel": _channel, "unstructured": _unstructured, "2:4": _semi_structured}[cfg.method](cfg, module, ctx))
+    details.update(_channel(cfg, module, ctx, heads) if cfg.method == "channel" else
+                   {"unstructured": _unstructured, "2:4": _semi_structured}[cfg.method](cfg, module, ctx))
     notes = []
     if cfg.method != "channel":
         notes.append(f"{cfg.method} sparsity keeps every tensor's shape: dense CPU runtimes (ONNX Runtime, OpenVINO, "
