@@ -49,6 +49,14 @@ def test_dynamic_openvino_weight_compression(tmp):
     assert quant["artifact"]["size_mb"] < fp32_size / 3   # INT8 weights
 
 
+def test_weight_compression_ignoring_an_unknown_node_is_exit_2_at_the_ignore_list(tmp):
+    recipe = fashion_recipe([{"type": "quantize", "mode": "dynamic", "backend": "openvino", "ignore": ["no_such_node"]}])
+    result = cli("run", write_recipe(tmp, recipe), "--out", tmp / "runs", "-q")
+    text = " ".join(result.stderr.split())
+    assert result.returncode == 2 and "Traceback" not in result.stderr, text
+    assert "stages[0].ignore" in text and "NNCF rejected the settings" in text and "no_such_node" in text
+
+
 def test_model_with_nothing_to_quantize_fails_with_exit_3(tmp):
     (tmp / "net.py").write_text("import torch\n\ndef build():\n    return torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Flatten())\n")
     recipe = fashion_recipe([{"type": "export"}, {"type": "quantize", "mode": "dynamic", "backend": "onnxruntime"}])

@@ -280,12 +280,9 @@ def _dynamic_openvino(cfg: QuantizeConfig, artifact, ctx: StageContext) -> OpenV
     recurrent = sorted({op.get_type_name() for op in model.get_ops() if op.get_type_name().endswith("Sequence")})
     ctx.log("NNCF INT8 weight compression (OpenVINO quantizes activations at run time)")
     ignored = nncf.IgnoredScope(names=list(cfg.ignore)) if cfg.ignore else None
-    try:
-        compressed = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=ignored)
-    except nncf.ValidationError as exc:
-        raise InputError(f"NNCF rejected the settings: {str(exc).splitlines()[0][:300]}", where=ctx.where) from None
-    except Exception as exc:
-        raise StageError(f"NNCF weight compression failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
+    compressed = call_nncf(lambda: nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM,
+                                                         ignored_scope=ignored),
+                           ctx, bool(cfg.ignore), "NNCF weight compression failed")
     out = save_openvino(compressed, ctx.out_dir / "model.xml", ctx.details.get("stamp", {}))
     int8_tensors = sum(_is_weight(op, ("u8", "i8")) for op in compressed.get_ops())
     share = _weight_elements(compressed, ("u8", "i8")) / max(float_weights, 1)
