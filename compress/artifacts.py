@@ -1,10 +1,15 @@
-"""Typed artifacts. Each knows the runtime that runs it; stages dispatch on the artifact type."""
+"""Typed artifacts. Each type names its runtime; what a runtime can do with it (open, baseline,
+count ops, bench, cache round trip) is one entry of the table in `compress.runtimes`, looked up
+through the class hierarchy, so a subclass inherits what it does not override."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+ARTIFACT_TYPES: dict[str, type[Artifact]] = {}   # kind -> class, filled as classes are defined
 
 
 @dataclass
@@ -12,8 +17,13 @@ class Artifact:
     path: Path | None
     precision: str = "fp32"              # fp32 | int8 | ...
     notes: list[str] = field(default_factory=list)
-    runtime = "none"
-    kind = "artifact"
+    runtime: ClassVar[str] = "none"
+    kind: ClassVar[str] = "artifact"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:
+            ARTIFACT_TYPES[cls.kind] = cls
 
     def files(self) -> list[Path]:
         return [self.path] if self.path is not None else []
@@ -32,18 +42,23 @@ class Artifact:
                     digest.update(block)
         return digest.hexdigest()
 
+    def state(self) -> dict:
+        """The plain fields that, with the file, restore this artifact (precision, inference precision...)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in ("path", "notes", "module")}
+
 
 @dataclass
 class TorchModel(Artifact):
     module: Any = None                   # torch.nn.Module, in eval mode
-    runtime = "torch"
-    kind = "TorchModel"
+    runtime: ClassVar[str] = "torch"
+    kind: ClassVar[str] = "TorchModel"
 
 
 @dataclass
 class OnnxModel(Artifact):
-    runtime = "onnxruntime"
-    kind = "OnnxModel"
+    runtime: ClassVar[str] = "onnxruntime"
+    kind: ClassVar[str] = "OnnxModel"
 
     def files(self) -> list[Path]:
         if self.path is None:
@@ -54,12 +69,9 @@ class OnnxModel(Artifact):
 
 @dataclass
 class OpenVinoModel(Artifact):
-    runtime = "openvino"
-    kind = "OpenVinoModel"
+    runtime: ClassVar[str] = "openvino"
+    kind: ClassVar[str] = "OpenVinoModel"
     inference_precision: str = "f32"
 
     def files(self) -> list[Path]:
         return [] if self.path is None else [self.path, self.path.with_suffix(".bin")]
-
-
-ARTIFACT_TYPES = {cls.kind: cls for cls in (TorchModel, OnnxModel, OpenVinoModel)}

@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .artifacts import ARTIFACT_TYPES, Artifact, OpenVinoModel, TorchModel
+from .artifacts import ARTIFACT_TYPES, Artifact
 from .fsutil import atomic_dir, atomic_write_json
 from .models import resolve_path
 from .recipe import DataSource, ModelConfig, Transform
@@ -86,32 +86,27 @@ def artifact_identity(artifact: Artifact) -> str | None:
 
 def write_stage_file(folder: Path, key: str, artifact: Artifact, details: dict) -> None:
     atomic_write_json(folder / STAGE_FILE, {
-        "key": key, "kind": artifact.kind, "file": artifact.path.name, "precision": artifact.precision,
-        "inference_precision": getattr(artifact, "inference_precision", None), "notes": artifact.notes,
-        "details": details})
+        "key": key, "kind": artifact.kind, "file": artifact.path.name, "state": artifact.state(),
+        "notes": artifact.notes, "details": details})
 
 
 def read_stage(folder: Path, key: str, base=None) -> tuple[Artifact, dict] | None:
     """The finished stage in `folder` if its key matches, else None. `base` (the unpruned torch
     model) rebuilds torch artifacts from their state_dict and structure."""
+    from .runtimes import restore
+
     try:
         meta = json.loads((folder / STAGE_FILE).read_text())
     except (OSError, json.JSONDecodeError):
         return None
     if meta.get("key") != key or meta.get("kind") not in ARTIFACT_TYPES:
         return None
-    artifact = ARTIFACT_TYPES[meta["kind"]](path=folder / meta["file"], precision=meta["precision"],
-                                            notes=list(meta.get("notes", [])))
-    if isinstance(artifact, OpenVinoModel) and meta.get("inference_precision"):
-        artifact.inference_precision = meta["inference_precision"]
-    if not all(p.is_file() for p in artifact.files()):
+    cls = ARTIFACT_TYPES[meta["kind"]]
+    if not all(p.is_file() for p in cls(path=folder / meta["file"]).files()):
         return None
-    if isinstance(artifact, TorchModel):
-        if base is None:
-            return None
-        from .torchio import load_module
-
-        artifact.module = load_module(base, artifact.path)
+    artifact = restore(cls, folder / meta["file"], meta.get("state", {}), meta.get("notes", []), base)
+    if artifact is None:
+        return None
     return artifact, meta.get("details", {})
 
 

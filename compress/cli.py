@@ -183,20 +183,23 @@ def validate(recipe: Path = typer.Argument(..., help="recipe .yaml"),
 @app.command()
 @_guard
 def targets(as_json: bool = typer.Option(False, "--json")):
-    """List the built-in targets (targets/*.yaml) and whether this machine has what each needs."""
+    """List the built-in targets (targets/*.yaml), the runtime each compiles for, and whether this machine
+    has what each needs."""
+    from .runtimes import for_target
     from .targets import builtin_targets
 
     found = builtin_targets()
     if as_json:
-        _print_json([{**t.model_dump(), "missing": t.missing_requirements()} for t in found.values()])
+        _print_json([{**t.model_dump(), "artifact": for_target(t.runtime, t.format).artifact.kind,
+                      "missing": t.missing_requirements()} for t in found.values()])
         return
     table = Table(title="targets")
-    for col in ("name", "runtime", "format", "threads", "batch", "quantize backend", "needs", "ready"):
+    table.add_column("name", no_wrap=True)
+    for col in ("runtime", "format", "INT8 from", "ready here"):
         table.add_column(col)
     for t in found.values():
         missing = t.missing_requirements()
-        table.add_row(t.name, t.runtime, t.format, str(t.threads), str(t.batch), t.quantize_backend,
-                      ", ".join(f"{k}{v}" for k, v in t.requires.items()),
+        table.add_row(t.name, t.runtime, t.format, ", ".join(t.quantize_backends),
                       "[green]yes[/]" if not missing else f"[red]no: {', '.join(missing)}[/]")
     out.print(table)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .artifacts import Artifact, OnnxModel, OpenVinoModel, TorchModel
-from .errors import StageError, first_line
+from .errors import StageError, backend_call
 from .models import ModelSpec
 
 
@@ -22,14 +22,11 @@ def torch_to_onnx(module, spec: ModelSpec, path: Path, *, opset: int = 17) -> No
     axes = {name: {0: "batch"} for name in names + spec.outputs}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
+        with backend_call("ONNX export failed",
+                          hint="Try another opset, or simplify the model's Python control flow."):
             torch.onnx.export(module, example, str(path), dynamo=False, opset_version=opset,
                               input_names=names, output_names=list(spec.outputs), dynamic_axes=axes,
                               do_constant_folding=True)
-        except Exception as exc:
-            first = first_line(exc)
-            raise StageError(f"ONNX export failed: {first[:400]}",
-                             hint="Try another opset, or simplify the model's Python control flow.") from None
 
 
 def to_openvino(artifact: Artifact, spec: ModelSpec):
@@ -40,7 +37,7 @@ def to_openvino(artifact: Artifact, spec: ModelSpec):
         from .runtimes.openvino_runtime import core
 
         return core().read_model(str(artifact.path))
-    try:
+    with backend_call("OpenVINO conversion failed"):
         if isinstance(artifact, TorchModel):
             import warnings
 
@@ -66,11 +63,6 @@ def to_openvino(artifact: Artifact, spec: ModelSpec):
                            for port, spec_shape in zip(model.inputs, (s.shape for s in spec.inputs))})
         else:
             raise StageError(f"cannot convert {artifact.kind} to OpenVINO")
-    except StageError:
-        raise
-    except Exception as exc:
-        first = first_line(exc)
-        raise StageError(f"OpenVINO conversion failed: {first[:400]}") from None
     for port, s in zip(model.inputs, spec.inputs):
         port.get_tensor().set_names({s.name})
     for port, name in zip(model.outputs, spec.outputs):
@@ -121,19 +113,6 @@ def stamp_onnx(path: Path, stamp: dict) -> None:
     for key, value in meta.items():
         proto.metadata_props.add(key=key, value=value)
     onnx.save(proto, str(path))
-
-
-def count_ops(artifact: Artifact, op_types: set[str]) -> int:
-    """How many ops of these types the artifact holds (FakeQuantize, QuantizeLinear, ...)."""
-    if isinstance(artifact, OpenVinoModel):
-        from .runtimes.openvino_runtime import core
-
-        return sum(op.get_type_name() in op_types for op in core().read_model(str(artifact.path)).get_ops())
-    if isinstance(artifact, OnnxModel):
-        import onnx
-
-        return sum(n.op_type in op_types for n in onnx.load(str(artifact.path), load_external_data=False).graph.node)
-    return 0
 
 
 def onnx_max_abs_diff(a: list[np.ndarray], b: list[np.ndarray]) -> tuple[float, float]:

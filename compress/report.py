@@ -5,6 +5,9 @@ import json
 from pathlib import Path
 
 from .fsutil import atomic_write_json, atomic_write_text
+from .stages import handler_for_type
+
+SCHEMA_VERSION = 2   # 2: a stage's intermediate artifacts under details.checkpoints (was details.ptq)
 
 
 def _fmt(value, digits=2, suffix="") -> str:
@@ -52,10 +55,9 @@ def rows(report: dict) -> list[dict]:
     for name, base in report["baselines"].items():
         out.append(_row(f"fp32 {name}", {**base, "runtime": name}, {**base["artifact"], "precision": "fp32"}))
     for stage in report["stages"]:
-        ptq = stage["details"].get("ptq")
-        if ptq is not None:   # QAT's starting point: post-training quantization, validated the same way
-            out.append(_row(f"{stage['name']}: PTQ start", ptq,
-                            {"type": ptq["artifact_type"], "precision": ptq["precision"]}))
+        for name, point in stage["details"].get("checkpoints", {}).items():   # e.g. QAT's PTQ start
+            out.append(_row(f"{stage['name']}: {name}", point,
+                            {"type": point["artifact_type"], "precision": point["precision"]}))
         out.append(_row(stage["name"] + (" (cached)" if stage.get("cached") else ""), stage, stage["artifact"]))
     return out
 
@@ -87,39 +89,16 @@ def markdown(report: dict) -> str:
             lines.append(f"| {g['gate']} | {g['threshold']} | {g['value']} | {'pass' if g['passed'] else 'FAIL'} | {g['detail']} |")
         lines.append("")
     for stage in report["stages"]:
-        lines += _sensitivity_md(stage)
+        handler = handler_for_type(stage["type"])
+        lines += handler.sections(stage) if handler else []
     notes = list(report["model"]["notes"]) + list(report.get("data_notes", []))
     for stage in report["stages"]:
         if stage.get("cached"):
             how = "reused from the stage cache" if stage["cached"] == "cache" else "reused from this run folder (resumed)"
             notes.append(f"{stage['name']}: {how}; key {stage['key'][:12]}; validation ran again")
         notes += [f"{stage['name']}: {n}" for n in stage["notes"]]
-        d = stage["details"]
-        if "scheme" in d:
-            notes.append(f"{stage['name']}: ORT scheme {d['scheme']} ({d['scheme_reason']})"
-                         + (": " + ", ".join(f"{k} top-1 agreement {v.get('top1_agreement', float('nan')):.2f}%, "
-                                             f"cos {v['cosine']:.4f}" for k, v in d["scheme_candidates"].items())
-                            if d.get("scheme_candidates") else ""))
-        if "parity" in d:
-            notes.append(f"{stage['name']}: ONNX vs torch max |diff| {d['parity']['max_abs_diff']:.2e} "
-                         f"(allowed {d['parity']['allowed']:.2e})")
-        if d.get("folded_batchnorm"):
-            notes.append(f"{stage['name']}: {d['folded_batchnorm']} BatchNorm layer(s) folded into their convolutions "
-                         "before fake-quant was inserted")
-        if "ptq" in d:
-            notes.append(f"{stage['name']}: 'PTQ start' is the model right after fake-quant insertion and range "
-                         f"calibration on {d['samples']} samples, before training: post-training quantization "
-                         f"(artifact {d['ptq']['path']} in the stage folder)")
-        if "finetune" in d:
-            notes.append(f"{stage['name']}: fine-tuning " + "; ".join(
-                f"epoch {e['epoch']} loss {e['loss']:.4f}, {e['metric']}" for e in d["finetune"]))
-        if d.get("macs_before"):
-            notes.append(f"{stage['name']}: MACs {d['macs_before']:,} -> {d['macs']:,} "
-                         f"({d['macs'] / d['macs_before']:.2f}x), params {d['params_before']:,} -> {d['params']:,}")
-        if "sparsity" in d:
-            notes.append(f"{stage['name']}: {d['sparsity']:.1%} of the conv/linear weights are zero")
-        if "inference_precision" in d:
-            notes.append(f"{stage['name']}: OpenVINO runs non-INT8 layers in {d['inference_precision']}")
+        handler = handler_for_type(stage["type"])
+        notes += [f"{stage['name']}: {n}" for n in (handler.notes(stage) if handler else [])]
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     lines += ["## Versions", "", ", ".join(f"{k} {v}" for k, v in report["versions"].items()), ""]
@@ -155,7 +134,7 @@ def sensitivity_svg(sens: dict) -> str:
     return "\n".join(parts)
 
 
-def _sensitivity_md(stage: dict) -> list[str]:
+def sensitivity_md(stage: dict) -> list[str]:
     sens = stage["details"].get("sensitivity")
     if not sens:
         return []
@@ -174,10 +153,36 @@ def _sensitivity_md(stage: dict) -> list[str]:
     return lines + [""]
 
 
+def assemble(*, recipe, plan, run_dir: Path, started: str, machine: dict, versions: dict, inputs, measurer,
+             stages: list[dict], gates: list[dict], schema_version: int = SCHEMA_VERSION) -> dict:
+    """report.json's content, from the run's parts."""
+    from datetime import datetime
+
+    return {
+        "schema_version": schema_version, "name": recipe.name, "run_dir": str(run_dir),
+        "started": started, "finished": datetime.now().isoformat(timespec="seconds"),
+        "machine": machine, "versions": versions,
+        "settings": {"threads": plan.threads, "batch": plan.batch, "warmup": recipe.latency.warmup,
+                     "runs": recipe.latency.runs, "eval_batch_size": recipe.data.batch_size,
+                     "eval_samples": len(inputs.eval), "calibration_samples": len(inputs.calibration)},
+        "model": {"source": recipe.model.source, "inputs": [s.model_dump() for s in inputs.spec.inputs],
+                  "outputs": inputs.spec.outputs, "notes": list(inputs.reference.notes)},
+        "data_notes": list(inputs.notes),
+        "reference": measurer.reference_record,
+        "baselines": measurer.baselines,
+        "stages": stages,
+        "gates": gates,
+        "passed": all(g["passed"] for g in gates),
+        "final_artifact": stages[-1]["artifact"],
+        "recipe": recipe.model_dump(mode="json"),
+    }
+
+
 def write(run_dir: Path, report: dict) -> None:
     for stage in report["stages"]:
-        if stage["details"].get("sensitivity"):
-            atomic_write_text(run_dir / f"sensitivity-{stage['name']}.svg", sensitivity_svg(stage["details"]["sensitivity"]))
+        handler = handler_for_type(stage["type"])
+        for name, text in (handler.files(stage) if handler else {}).items():
+            atomic_write_text(run_dir / name, text)
     atomic_write_text(run_dir / "report.md", markdown(report))
     try:
         atomic_write_json(run_dir / "report.json", report)   # last: its presence means the report is complete

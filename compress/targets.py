@@ -14,23 +14,22 @@ from .errors import RecipeError
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "targets"
 
-Runtime = Literal["openvino", "onnxruntime"]
-
-
 class Target(BaseModel):
+    """A device profile. `runtime` + `format` name an entry of the runtime table
+    (`compress.runtimes`), which says what `compile` produces and how it runs."""
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
     description: str
-    runtime: Runtime
-    device: Literal["CPU"] = "CPU"
-    format: Literal["openvino-ir", "onnx"]
+    runtime: str = Field(description="a runtime of the table, e.g. openvino, onnxruntime")
+    format: str = Field(description="what `compile` writes for it, e.g. openvino-ir, onnx")
     threads: int = Field(2, ge=1, le=512)
     batch: int = Field(1, ge=1, le=4096)
-    dynamic_batch: bool = True
     inference_precision: Literal["f32", "bf16"] | None = None
     graph_optimization: Literal["basic", "extended", "all"] | None = None
-    quantize_backend: Literal["openvino", "onnxruntime"]
+    quantize_backends: list[str] = Field(
+        min_length=1, description="quantize/qat backends whose INT8 this target runs; a recipe that quantizes "
+                                  "with another backend before compiling for it is refused at plan time")
     requires: dict[str, str] = Field(default_factory=dict)
 
     def missing_requirements(self) -> list[str]:
@@ -48,9 +47,17 @@ class Target(BaseModel):
 
 
 def _load_file(path: Path) -> Target:
+    from .errors import ChainError
+    from .runtimes import for_target
+
     try:
         data = yaml.safe_load(path.read_text())
-        return Target.model_validate(data)
+        target = Target.model_validate(data)
+        for_target(target.runtime, target.format)
+        return target
+    except ChainError as exc:
+        raise RecipeError(f"target file is invalid: {exc.message}", where=str(path),
+                          hint="Name a runtime and format from `compress targets --runtimes`.") from None
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(map(str, err["loc"])) or "(top level)"

@@ -5,19 +5,17 @@ are comparable: same data order, same batch, same latency protocol, threads pinn
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from pathlib import Path
-
-from .artifacts import OnnxModel, OpenVinoModel
 from .data import Dataset
 from .errors import DataError, InputError
-from .models import check_onnx_file
 from .runtimes import Session, open_session
 
 
@@ -351,35 +349,20 @@ def _random_feeds(shapes: list[tuple[str, list, str]], batch: int) -> dict[str, 
 
 
 def bench_file(path: Path, *, threads: int, batch: int, warmup: int, runs: int, inference_precision: str) -> dict:
+    """Time a model file on the runtime its suffix belongs to (the runtime table), random inputs."""
+    from .runtimes import for_suffix, runtimes
+
     if not path.is_file():
         raise InputError(f"{path} does not exist")
-    if path.suffix == ".onnx":
-        import onnx
-
-        proto = check_onnx_file(path, str(path))
-        init = {i.name for i in proto.graph.initializer}
-        shapes = []
-        for i in proto.graph.input:
-            if i.name in init:
-                continue
-            t = i.type.tensor_type
-            dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-            shapes.append((i.name, dims, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).name))
-        artifact = OnnxModel(path=path)
-        session = open_session(artifact, threads=threads)
-    elif path.suffix == ".xml":
-        from .runtimes.openvino_runtime import core
-
-        model = core().read_model(str(path))
-        shapes = []
-        for port in model.inputs:
-            ps = port.get_partial_shape()
-            dims = [d.get_length() if d.is_static else None for d in ps]
-            shapes.append((port.any_name, dims, port.get_element_type().to_dtype().name))
-        artifact = OpenVinoModel(path=path, inference_precision=inference_precision)
-        session = open_session(artifact, threads=threads, static_batch=batch, inference_precision=inference_precision)
-    else:
-        raise InputError(f"{path.name}: bench takes an .onnx or an OpenVINO .xml file")
+    entry = for_suffix(path.suffix)
+    if entry is None or entry.input_shapes is None:
+        known = ", ".join(sorted({s for r in runtimes() if r.input_shapes for s in r.suffixes}))
+        raise InputError(f"{path.name}: bench takes a model file of a runtime it knows ({known})")
+    shapes = entry.input_shapes(path)
+    state = {"inference_precision": inference_precision} if "inference_precision" in \
+        {f.name for f in dataclasses.fields(entry.artifact)} else {}
+    artifact = entry.artifact(path=path, **state)
+    session = open_session(artifact, threads=threads, static_batch=batch)
     latency = measure_latency(session, _random_feeds(shapes, batch), warmup=warmup, runs=runs)
     return {"model": str(path), "runtime": session.runtime, "settings": session.settings, "latency": latency,
             "machine": machine_info(), "inputs": "random normal (floats) / 0-1 (integers), seed 0"}

@@ -1,14 +1,27 @@
-"""Runtime adapters. `open_session(artifact, ...)` dispatches on the artifact type; every session
-takes named numpy inputs and returns the outputs as a list of numpy arrays in model order."""
+"""The runtime table: one entry per artifact type, holding everything a runtime knows.
+
+    open            artifact -> Session (named numpy in, list of numpy out), threads pinned
+    fp32_baseline   the FP32 baseline on this runtime, built from the reference model
+    count_ops       how many ops of given types an artifact holds (quantized-op counts)
+    input_shapes    a file's inputs (name, dims, dtype), for `compress bench`
+    compile         what a `compile` stage does for a target of this runtime and format
+    restore         rebuild an artifact from its file and saved state (resume, stage cache)
+
+Entries are looked up through the class hierarchy, field by field: a subclass entry (say
+`OrtFormatModel(OnnxModel)`) sets only what differs and inherits the rest. Implementations live
+in this package's runtime modules and are imported on first use, so `import compress` imports no
+backend. A new runtime is one artifact class, one module and one `register_runtime` call.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import importlib
+from dataclasses import dataclass, field, fields
 from typing import Callable
 
 import numpy as np
 
 from ..artifacts import Artifact, OnnxModel, OpenVinoModel, TorchModel
-from ..errors import StageError
+from ..errors import ChainError, StageError
 
 
 @dataclass
@@ -34,36 +47,130 @@ class Session:
         return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
 
 
-def _torch_session(artifact: TorchModel, threads: int, **_) -> Session:
-    from .torch_runtime import open_torch
-
-    return open_torch(artifact, threads)
-
-
-def _ort_session(artifact: OnnxModel, threads: int, **_) -> Session:
-    from .onnxruntime_runtime import open_onnxruntime
-
-    return open_onnxruntime(artifact, threads)
+def lazy(module: str, name: str) -> Callable:
+    """`compress.runtimes.<module>.<name>`, imported when first called."""
+    def call(*args, **kwargs):
+        return getattr(importlib.import_module(f"{__name__}.{module}"), name)(*args, **kwargs)
+    call.__qualname__ = f"{module}.{name}"
+    return call
 
 
-def _ov_session(artifact: OpenVinoModel, threads: int, static_batch: int | None = None,
-                inference_precision: str | None = None) -> Session:
-    from .openvino_runtime import open_openvino
+@dataclass(frozen=True)
+class RuntimeSpec:
+    artifact: type[Artifact]
+    name: str | None = None                  # runtime name in targets and reports; default: artifact.runtime
+    short: str | None = None                 # abbreviation in the terminal table
+    description: str | None = None
+    format: str | None = None                # the `format:` a target names to get this artifact from `compile`
+    suffixes: tuple[str, ...] | None = None  # model files `compress bench` opens with this runtime
+    requires: tuple[str, ...] | None = None  # distributions this runtime needs (`compress targets` says if ready)
+    inference_precisions: tuple[str, ...] | None = None   # what `inference_precision` may ask for
+    compiles_from: tuple[type, ...] | None = None         # artifact types `compile` turns into this one
+    open: Callable[..., Session] | None = None                 # (artifact, threads, static_batch) -> Session
+    fp32_baseline: Callable[..., Artifact] | None = None       # (reference, model_spec, folder, cls) -> Artifact
+    count_ops: Callable[[Artifact, set[str]], int] | None = None
+    input_shapes: Callable[..., list] | None = None            # (path) -> [(name, dims, dtype)]
+    compile: Callable[..., Artifact] | None = None             # (cfg, artifact, ctx, cls) -> Artifact
+    restore: Callable[..., Artifact | None] | None = None      # (cls, path, state, base) -> Artifact
 
-    return open_openvino(artifact, threads, static_batch=static_batch,
-                         inference_precision=inference_precision or artifact.inference_precision)
+
+RUNTIMES: dict[type, RuntimeSpec] = {}
 
 
-OPENERS: dict[type, Callable[..., Session]] = {
-    TorchModel: _torch_session,
-    OnnxModel: _ort_session,
-    OpenVinoModel: _ov_session,
-}
+def register_runtime(spec: RuntimeSpec) -> RuntimeSpec:
+    RUNTIMES[spec.artifact] = spec
+    return spec
 
 
-def open_session(artifact: Artifact, *, threads: int, static_batch: int | None = None,
-                 inference_precision: str | None = None) -> Session:
-    opener = OPENERS.get(type(artifact))
-    if opener is None:
-        raise StageError(f"no runtime can run a {artifact.kind}")
-    return opener(artifact, threads, static_batch=static_batch, inference_precision=inference_precision)
+class Resolved:
+    """The entry for one artifact type with every field resolved through the class hierarchy."""
+
+    def __init__(self, artifact_type: type):
+        self.artifact = artifact_type
+        chain = [RUNTIMES[c] for c in artifact_type.__mro__ if c in RUNTIMES]
+        if not chain:
+            raise StageError(f"no runtime is registered for {getattr(artifact_type, 'kind', artifact_type)}")
+        for f in fields(RuntimeSpec):
+            if f.name != "artifact":
+                setattr(self, f.name, next((getattr(s, f.name) for s in chain if getattr(s, f.name) is not None),
+                                           None))
+        self.name = self.name or artifact_type.runtime
+        self.short = self.short or self.name
+        for name in ("suffixes", "requires", "inference_precisions", "compiles_from"):
+            setattr(self, name, getattr(self, name) or ())
+
+    def need(self, what: str) -> Callable:
+        fn = getattr(self, what)
+        if fn is None:
+            raise StageError(f"runtime {self.name} cannot {what.replace('_', ' ')} ({self.artifact.kind})")
+        return fn
+
+
+def runtime_for(artifact_or_type) -> Resolved:
+    cls = artifact_or_type if isinstance(artifact_or_type, type) else type(artifact_or_type)
+    return Resolved(cls)
+
+
+def runtimes() -> list[Resolved]:
+    """Every registered runtime, in registration order."""
+    return [Resolved(cls) for cls in RUNTIMES]
+
+
+def runtime_named(name: str) -> Resolved | None:
+    return next((r for r in runtimes() if r.name == name), None)
+
+
+def for_target(runtime: str, fmt: str, *, where: str | None = None) -> Resolved:
+    """The artifact a target's `runtime` + `format` compile to; unknown pairs are an input error."""
+    known = [r for r in runtimes() if r.format is not None]
+    match = next((r for r in known if r.name == runtime and r.format == fmt), None)
+    if match is None:
+        pairs = ", ".join(f"{r.name}/{r.format}" for r in known)
+        raise ChainError(f"no runtime compiles runtime '{runtime}' with format '{fmt}' (known runtime/format: {pairs})",
+                         where=where)
+    return match
+
+
+def for_suffix(suffix: str) -> Resolved | None:
+    return next((r for r in runtimes() if suffix in r.suffixes), None)
+
+
+def open_session(artifact: Artifact, *, threads: int, static_batch: int | None = None) -> Session:
+    return runtime_for(artifact).need("open")(artifact, threads=threads, static_batch=static_batch)
+
+
+def restore(cls: type, path, state: dict, notes: list[str], base=None) -> Artifact | None:
+    """An artifact of type `cls` from its file and `Artifact.state()`; None when it cannot be rebuilt
+    (e.g. a torch module without the base model its structure is replayed on)."""
+    fn = runtime_for(cls).restore
+    known = {f.name for f in fields(cls)}
+    state = {k: v for k, v in state.items() if k in known}
+    if fn is not None:
+        return fn(cls, path, state, notes, base)
+    return cls(path=path, notes=list(notes), **state)
+
+
+def count_ops(artifact: Artifact, op_types: set[str]) -> int:
+    """How many ops of these types the artifact holds (FakeQuantize, QuantizeLinear, ...)."""
+    fn = runtime_for(artifact).count_ops
+    return fn(artifact, op_types) if fn is not None else 0
+
+
+register_runtime(RuntimeSpec(
+    TorchModel, short="PT", description="eager PyTorch on CPU (the reference)", requires=("torch",),
+    open=lazy("torch_runtime", "open_torch"), fp32_baseline=lazy("torch_runtime", "fp32_baseline"),
+    restore=lazy("torch_runtime", "restore")))
+register_runtime(RuntimeSpec(
+    OnnxModel, short="ORT", description="ONNX Runtime, CPUExecutionProvider", format="onnx",
+    suffixes=(".onnx",), requires=("onnxruntime",), compiles_from=(OnnxModel,),
+    open=lazy("onnxruntime_runtime", "open_onnxruntime"),
+    fp32_baseline=lazy("onnxruntime_runtime", "fp32_baseline"),
+    count_ops=lazy("onnxruntime_runtime", "count_ops"), input_shapes=lazy("onnxruntime_runtime", "input_shapes"),
+    compile=lazy("onnxruntime_runtime", "compile_onnx")))
+register_runtime(RuntimeSpec(
+    OpenVinoModel, short="OV", description="OpenVINO on CPU", format="openvino-ir", suffixes=(".xml",),
+    requires=("openvino",), inference_precisions=("f32", "bf16"),
+    compiles_from=(TorchModel, OnnxModel, OpenVinoModel),
+    open=lazy("openvino_runtime", "open_openvino"), fp32_baseline=lazy("openvino_runtime", "fp32_baseline"),
+    count_ops=lazy("openvino_runtime", "count_ops"), input_shapes=lazy("openvino_runtime", "input_shapes"),
+    compile=lazy("openvino_runtime", "compile_ir")))

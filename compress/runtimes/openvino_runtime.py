@@ -1,10 +1,12 @@
 """OpenVINO on CPU, threads and inference precision pinned (f32 unless asked otherwise)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from ..artifacts import OpenVinoModel
-from ..errors import StageError
+from ..errors import backend_call
 from . import Session
 
 _CORE = None
@@ -24,14 +26,11 @@ def cpu_supports_bf16() -> bool:
     return "BF16" in caps
 
 
-def open_openvino(artifact: OpenVinoModel, threads: int, *, static_batch: int | None = None,
-                  inference_precision: str = "f32") -> Session:
+def open_openvino(artifact: OpenVinoModel, threads: int, *, static_batch: int | None = None, **_) -> Session:
     import openvino as ov
 
-    try:
+    with backend_call(f"OpenVINO cannot read {artifact.path.name}"):
         model = core().read_model(str(artifact.path))
-    except Exception as exc:
-        raise StageError(f"OpenVINO cannot read {artifact.path.name}: {str(exc).splitlines()[0][:300]}") from None
     if static_batch is not None:
         shapes = {}
         for port in model.inputs:
@@ -39,9 +38,8 @@ def open_openvino(artifact: OpenVinoModel, threads: int, *, static_batch: int | 
             shape[0] = static_batch
             shapes[port.any_name] = shape
         model.reshape(shapes)
-    precision = inference_precision
-    if precision == "bf16" and not cpu_supports_bf16():
-        precision = "f32"
+    asked = artifact.inference_precision
+    precision = "f32" if asked == "bf16" and not cpu_supports_bf16() else asked
     config = {
         "INFERENCE_NUM_THREADS": threads,
         "NUM_STREAMS": 1,
@@ -62,6 +60,43 @@ def open_openvino(artifact: OpenVinoModel, threads: int, *, static_batch: int | 
 
     settings = {"threads": threads, "device": "CPU", "inference_precision": precision,
                 "precision": artifact.precision, "openvino": ov.get_version().split("-")[0]}
-    if precision != inference_precision:
-        settings["note"] = f"asked for {inference_precision}, this CPU lacks it: ran {precision}"
-    return Session("openvino", infer, fixed_batch=fixed, settings=settings)
+    if precision != asked:
+        settings["note"] = f"asked for {asked}, this CPU lacks it: ran {precision}"
+    return Session(artifact.runtime, infer, fixed_batch=fixed, settings=settings)
+
+
+def fp32_baseline(reference, spec, folder: Path, cls=OpenVinoModel) -> OpenVinoModel:
+    """The reference model (torch or .onnx) as FP32 IR, run in f32 (OpenVINO would run it in BF16 on
+    CPUs that have it)."""
+    from ..convert import save_openvino, to_openvino
+
+    saved = save_openvino(to_openvino(reference, spec), folder / "fp32.xml", {"baseline": "fp32"})
+    return cls(path=saved.path, inference_precision="f32")
+
+
+def count_ops(artifact: OpenVinoModel, op_types: set[str]) -> int:
+    return sum(op.get_type_name() in op_types for op in core().read_model(str(artifact.path)).get_ops())
+
+
+def input_shapes(path: Path) -> list[tuple[str, list, str]]:
+    with backend_call(f"OpenVINO cannot read {path.name}"):
+        model = core().read_model(str(path))
+    shapes = []
+    for port in model.inputs:
+        dims = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+        shapes.append((port.any_name, dims, port.get_element_type().to_dtype().name))
+    return shapes
+
+
+def compile_ir(cfg, artifact, ctx, cls=OpenVinoModel) -> OpenVinoModel:
+    """Any artifact OpenVINO converts -> IR, checked to compile for CPU at the chosen precision."""
+    from ..convert import save_openvino, to_openvino
+
+    model = to_openvino(artifact, ctx.spec)
+    saved = save_openvino(model, ctx.out_dir / "model.xml", ctx.details.get("stamp", {}))
+    precision = cfg.inference_precision or ctx.target.inference_precision or "f32"
+    out = cls(path=saved.path, precision=artifact.precision, inference_precision=precision)
+    with backend_call("OpenVINO cannot compile the IR for CPU", where=ctx.where):   # the target must load it
+        core().compile_model(core().read_model(str(out.path)), "CPU", {"INFERENCE_PRECISION_HINT": precision})
+    ctx.details["inference_precision"] = precision
+    return out

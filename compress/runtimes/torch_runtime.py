@@ -7,7 +7,7 @@ from ..artifacts import TorchModel
 from . import Session
 
 
-def open_torch(artifact: TorchModel, threads: int) -> Session:
+def open_torch(artifact: TorchModel, threads: int, **_) -> Session:
     import torch
 
     from ..models import torch_outputs
@@ -20,3 +20,16 @@ def open_torch(artifact: TorchModel, threads: int) -> Session:
 
     return Session("torch", infer, settings={"threads": threads, "precision": artifact.precision,
                                              "torch": torch.__version__})
+
+
+def fp32_baseline(reference: TorchModel, spec, folder, cls=TorchModel) -> TorchModel:
+    return cls(path=None, module=reference.module)
+
+
+def restore(cls, path, state: dict, notes: list[str], base=None) -> TorchModel | None:
+    """A saved torch module is its state_dict plus the structure changes replayed on `base`."""
+    if base is None:
+        return None
+    from ..torchio import load_module
+
+    return cls(path=path, notes=list(notes), module=load_module(base, path), **state)

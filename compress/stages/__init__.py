@@ -1,5 +1,11 @@
-"""Stage registry: config class -> handler, filled by `@register`. A new stage is one config class
-in recipe.py and one decorated function here; the pipeline only looks up and calls."""
+"""Stage registry: config class -> handler, filled by `@register`.
+
+A handler owns every rule about its stage: which artifact types it takes and gives, its plan-time
+checks, whether it quantizes, which stages may not follow it, the context values its output depends
+on (they go into the stage's cache key), its implicit gates and the lines it adds to the report.
+`plan()`, the gates and the report ask the handler; none of them names a stage type. A new stage
+is one config class in recipe.py and one module here.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -22,67 +28,130 @@ class Progress:
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class Resolved:
+    """Values the runner resolved from the recipe, targets and machine. A handler's `reads` names
+    the ones its output depends on, and only those enter its stage's cache key."""
+    threads: int = 2                 # latency threads (recipe, else the last target's, else 2)
+    batch: int = 1                   # latency batch
+    final_runtime: str = "torch"     # where the chain's last artifact runs (budgets are timed there)
+    batch_size: int = 32             # data.batch_size: calibration and evaluation batches
+    seed: int = 0
+    higher_is_better: bool = True    # of the primary metric
+    vnni: bool = False               # the CPU has VNNI (INT8 dot products)
+
+
 @dataclass
 class StageContext:
-    recipe: Recipe
-    base_dir: Path
+    where: str                                   # YAML path of the stage, e.g. "stages[1]"
     spec: ModelSpec
     calibration: Dataset
-    machine: dict
-    where: str                                   # YAML path of the stage, e.g. "stages[1]"
+    resolved: Resolved = field(default_factory=Resolved)
     out_dir: Path | None = None                  # where the stage writes its artifact (a temp folder)
     target: Target | None = None                 # for compile stages
-    reference: Artifact | None = None            # the FP32 model, for checks against it
+    reference: Artifact | None = None            # the FP32 model, for checks against it and distillation
     eval: Dataset | None = None
     train: Dataset | None = None
-    threads: int = 2
-    batch: int = 1
-    final_runtime: str = "torch"                 # where the chain's last artifact runs (budgets are timed there)
     log: Callable[[str], None] = lambda msg: None
     details: dict = field(default_factory=dict)  # stage-specific facts for the report
     run_dir: Path | None = None                  # the run folder (failed stages may leave checkpoints there)
     stage_dir: Path | None = None                # where out_dir lands when the stage succeeds
     progress: Callable[[str, int], Progress] = lambda description, total: Progress()   # a bar for long loops
-    validate: Callable[[Artifact, str], dict] | None = None  # validate an intermediate artifact like a stage output
+    # validate an intermediate artifact like a stage output (record with metric, delta, latency)
+    validate: Callable[[Artifact, str], dict] | None = None
     # the recipe's primary metric (user metric, labels or agreement with FP32) of a torch module on the
     # first N eval samples: quick checks inside a stage (fine-tuning epochs, pruning sensitivity)
     score: Callable[[object, int], tuple[str, float]] | None = None
+
+    @property
+    def threads(self) -> int:
+        return self.resolved.threads
+
+    @property
+    def batch(self) -> int:
+        return self.resolved.batch
+
+
+@dataclass
+class PlanState:
+    """What plan-time checks see: the recipe, this stage's YAML path and target, the stages before it."""
+    recipe: Recipe
+    where: str
+    target: Target | None
+    previous: list = field(default_factory=list)   # PlannedStage of the earlier stages
+
+
+def _none(*_):
+    return None
+
+
+def _empty(*_):
+    return []
+
+
+def _no_reads(_cfg) -> tuple[str, ...]:
+    return ()
 
 
 @dataclass(frozen=True)
 class Handler:
     run: Callable[[object, Artifact, StageContext], Artifact]
     accepts: Callable[[object, Target | None], dict[type, type]]   # input type -> output type
+    check: Callable[[object, PlanState], None] = _none             # plan-time checks: raise ChainError
+    target: Callable[[object], str | None] = _none                 # the target (name or file) it compiles for
+    quantizes: Callable[[object], str | None] = _none              # the quantization backend, if it quantizes
+    # later stage types that may not follow this one: {type: (message, hint)}
+    forbids_after: Callable[[object], dict[str, tuple[str, str | None]]] = lambda cfg: {}
+    reads: Callable[[object], tuple[str, ...]] = _no_reads         # Resolved fields its output depends on
+    gates: Callable[[dict], list[dict]] = _empty                   # implicit gates, from its stage record
+    notes: Callable[[dict], list[str]] = _empty                    # report lines, from its stage record
+    sections: Callable[[dict], list[str]] = _empty                 # report sections (markdown lines)
+    files: Callable[[dict], dict[str, str]] = lambda record: {}    # extra report files: name -> text
 
 
 HANDLERS: dict[type, Handler] = {}
 
 
-def register(config_cls: type, accepts: Callable[[object, Target | None], dict[type, type]]):
+def register(config_cls: type, accepts: Callable[[object, Target | None], dict[type, type]], **rules):
+    """`@register(ConfigClass, accepts=..., check=..., quantizes=..., ...)` on the stage function."""
     def wrap(fn):
-        HANDLERS[config_cls] = Handler(fn, accepts)
+        HANDLERS[config_cls] = Handler(fn, accepts, **rules)
         return fn
     return wrap
 
 
-def handler_for(config) -> Handler:
+def _load_all() -> None:
     from . import compile as _compile, export as _export, prune as _prune, qat as _qat, quantize as _quantize  # noqa: F401
 
+
+def handler_for(config) -> Handler:
+    _load_all()
     try:
         return HANDLERS[type(config)]
     except KeyError:
         known = ", ".join(sorted(c.__name__ for c in HANDLERS))
-        raise ChainError(f"no handler is registered for stage config {type(config).__name__} (registered: {known})") from None
+        raise ChainError(f"no handler is registered for stage config {type(config).__name__} "
+                         f"(registered: {known})") from None
+
+
+def handler_for_type(stage_type: str) -> Handler | None:
+    """The handler of a stage type as written in YAML (`quantize`), for reading saved reports."""
+    _load_all()
+    return next((h for cls, h in HANDLERS.items() if cls.model_fields["type"].annotation.__args__[0] == stage_type),
+                None)
 
 
 def output_type(config, input_type: type, target: Target | None, where: str) -> type:
+    """What the stage gives for `input_type`, looked up through the class hierarchy (a subclass of an
+    accepted type is accepted)."""
     table = handler_for(config).accepts(config, target)
-    if input_type not in table:
-        takes = " or ".join(sorted(t.kind for t in table))
-        hint = {"OnnxModel": "Add an `export` stage before it."}.get(next(iter(table)).kind if len(table) == 1 else "", None)
-        raise ChainError(f"a '{config.type}' stage{_detail(config, target)} takes {takes}, "
-                         f"but the previous step produces {input_type.kind}", where=where, hint=hint)
-    return table[input_type]
+    for cls in input_type.__mro__:
+        if cls in table:
+            return table[cls]
+    takes = " or ".join(sorted(t.kind for t in table))
+    hint = "Add an `export` stage before it." if set(t.kind for t in table) == {"OnnxModel"} else None
+    raise ChainError(f"a '{config.type}' stage{_detail(config, target)} takes {takes}, "
+                     f"but the previous step produces {input_type.kind}", where=where, hint=hint)
 
 
 def _detail(config, target: Target | None) -> str:
@@ -91,6 +160,33 @@ def _detail(config, target: Target | None) -> str:
     if target is not None:
         return f" for target {target.name}"
     return ""
+
+
+def quantized_nothing_gate(record: dict) -> list[dict]:
+    """A quantizing stage that quantized nothing fails: the recipe asked for INT8 and did not get it."""
+    if record["details"].get("quantize_ops") != 0:
+        return []
+    return [{"gate": "quantized", "threshold": "> 0 quantized ops", "value": 0, "passed": False,
+             "detail": f"stage {record['name']} quantized no layer: {'; '.join(record['notes'])}"}]
+
+
+def finetune_notes(record: dict) -> list[str]:
+    epochs = record["details"].get("finetune")
+    if not epochs:
+        return []
+    return ["fine-tuning " + "; ".join(f"epoch {e['epoch']} loss {e['loss']:.4f}, {e['metric']}" for e in epochs)]
+
+
+def add_checkpoint(ctx: StageContext, name: str, artifact: Artifact) -> None:
+    """Validate an intermediate artifact the stage wrote under its folder (QAT's PTQ start) exactly like
+    a stage's output, and keep the record in `details["checkpoints"][name]`: the report shows it as a
+    row, and a resumed or cached stage has it validated again."""
+    if ctx.validate is None:
+        return
+    record = ctx.validate(artifact, f"{ctx.where} {name}")
+    record.update(path=str(artifact.path.relative_to(ctx.out_dir)), artifact_type=artifact.kind,
+                  state=artifact.state())
+    ctx.details.setdefault("checkpoints", {})[name] = record
 
 
 def keep_last_good(ctx: StageContext, exc, save: Callable[[Path], Artifact]):

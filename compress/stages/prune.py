@@ -10,12 +10,12 @@ import warnings
 
 import numpy as np
 
-from ..artifacts import OnnxModel, OpenVinoModel, TorchModel
-from ..errors import InputError, ModelError, StageError, first_line
+from ..artifacts import TorchModel
+from ..errors import ChainError, InputError, ModelError, StageError, first_line
 from ..recipe import PruneConfig
 from ..torchio import save_module
 from ..validation import latency_feeds, measure_latency
-from . import StageContext, keep_last_good, register
+from . import PlanState, StageContext, finetune_notes, keep_last_good, register
 
 
 def count_macs(module, spec) -> tuple[int, int]:
@@ -90,7 +90,7 @@ def _taylor_gradients(module, ctx: StageContext, batches: int = 4) -> None:
     from ..train import _first, _tensors
 
     module.zero_grad()
-    for i, (feeds, labels) in enumerate(ctx.calibration.batches(ctx.recipe.data.batch_size)):
+    for i, (feeds, labels) in enumerate(ctx.calibration.batches(ctx.resolved.batch_size)):
         if i >= batches:
             break
         logits = _first(module(*_tensors(feeds)))
@@ -99,25 +99,20 @@ def _taylor_gradients(module, ctx: StageContext, batches: int = 4) -> None:
 
 
 def _runtime_latency(module, ctx: StageContext, runs: int = 20) -> float:
-    """p50 of `module` on the runtime the chain ships to (budgets are about that runtime)."""
-    from ..convert import save_openvino, to_openvino, torch_to_onnx
-    from ..runtimes import open_session
+    """p50 of `module` as an FP32 model on the runtime the chain ships to (budgets are about that runtime)."""
+    import shutil
 
-    if ctx.final_runtime == "onnxruntime":
-        path = ctx.out_dir / "budget.onnx"
-        torch_to_onnx(module, ctx.spec, path)
-        artifact = OnnxModel(path=path)
-    elif ctx.final_runtime == "openvino":
-        path = ctx.out_dir / "budget.xml"
-        save_openvino(to_openvino(TorchModel(path=None, module=module), ctx.spec), path, {})
-        artifact = OpenVinoModel(path=path)
-    else:
-        artifact = TorchModel(path=None, module=module)
-    session = open_session(artifact, threads=ctx.threads, static_batch=ctx.batch, inference_precision="f32")
-    p50 = measure_latency(session, latency_feeds(ctx.eval, ctx.batch), warmup=5, runs=runs)["p50_ms"]
-    for leftover in ctx.out_dir.glob("budget.*"):
-        leftover.unlink()
-    return p50
+    from ..runtimes import open_session, runtime_named
+
+    entry = runtime_named(ctx.resolved.final_runtime)
+    folder = ctx.out_dir / "budget"
+    folder.mkdir()
+    try:
+        artifact = entry.need("fp32_baseline")(TorchModel(path=None, module=module), ctx.spec, folder, entry.artifact)
+        session = open_session(artifact, threads=ctx.threads, static_batch=ctx.batch)
+        return measure_latency(session, latency_feeds(ctx.eval, ctx.batch), warmup=5, runs=runs)["p50_ms"]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _channel(cfg: PruneConfig, module, ctx: StageContext, heads: list) -> dict:
@@ -176,14 +171,14 @@ def _channel(cfg: PruneConfig, module, ctx: StageContext, heads: list) -> dict:
                 met = (entry["latency_ms"] <= budget.latency_ms) if budget.latency_ms is not None else \
                     entry["speedup"] >= budget.speedup
             ctx.log(f"prune step {step + 1}/{steps}: MACs {macs / base_macs:.2f} of the original"
-                    + (f", {entry['latency_ms']:.3f} ms on {ctx.final_runtime}" if "latency_ms" in entry else ""))
+                    + (f", {entry['latency_ms']:.3f} ms on {ctx.resolved.final_runtime}" if "latency_ms" in entry else ""))
         history.append(entry)
         if met:
             break
     details.update(macs_after=history[-1]["macs"], params_after=history[-1]["params"], steps=history)
     if budget is not None:
         wanted = budget.model_dump(exclude_none=True)
-        details["budget"] = {"target": wanted, "runtime": ctx.final_runtime if budget.macs is None else "MACs",
+        details["budget"] = {"target": wanted, "runtime": ctx.resolved.final_runtime if budget.macs is None else "MACs",
                              "baseline_latency_ms": base_latency, "met": met, "reached": history[-1]}
     return details
 
@@ -366,19 +361,64 @@ def _sensitivity(cfg: PruneConfig, module, ctx: StageContext, heads: list) -> di
                 row["drops"][str(ratio)] = None
                 continue
             value = ctx.score(trial, samples)[1]
-            row["drops"][str(ratio)] = base - value if ctx.recipe.metric.higher_is_better else value - base
+            row["drops"][str(ratio)] = base - value if ctx.resolved.higher_is_better else value - base
         rows.append(row)
     return {"metric": name, "baseline": base, "samples": samples, "ratios": cfg.sensitivity.ratios, "layers": rows}
 
 
-def _plan_check(cfg: PruneConfig, ctx: StageContext) -> None:
-    if cfg.finetune is not None and ctx.train is None:
-        raise InputError("fine-tuning needs a `data.train:` section", where=f"{ctx.where}.finetune")
+def _check(cfg: PruneConfig, state: PlanState) -> None:
+    if cfg.finetune is not None and state.recipe.data.train is None:
+        raise ChainError("fine-tuning needs training data", where=f"{state.where}.finetune",
+                         hint="Add data.train (same formats as calibration/eval).")
 
 
-@register(PruneConfig, accepts=lambda cfg, target: {TorchModel: TorchModel})
+def _reads(cfg: PruneConfig) -> tuple[str, ...]:
+    """A latency budget is timed on the final runtime with the recipe's threads and batch."""
+    if cfg.target is not None and cfg.target.macs is None:
+        return ("final_runtime", "threads", "batch", "batch_size")
+    return ()
+
+
+def _budget_gate(record: dict) -> list[dict]:
+    budget = record["details"].get("budget")
+    if budget is None or budget["met"]:
+        return []
+    reached = budget["reached"]
+    got = (f"{reached['macs_fraction']:.2f} of the MACs" if "macs" in budget["target"] else
+           f"{reached.get('latency_ms', float('nan')):.3f} ms, {reached.get('speedup', float('nan')):.2f}x on "
+           f"{budget['runtime']}")
+    return [{"gate": "prune_budget", "threshold": budget["target"], "value": reached, "passed": False,
+             "detail": f"stage {record['name']} could not meet {budget['target']} within max_ratio; "
+                       f"best reached: {got} (that model was kept and validated)"}]
+
+
+def _notes(record: dict) -> list[str]:
+    d = record["details"]
+    notes = finetune_notes(record)
+    if d.get("macs_before"):
+        notes.append(f"MACs {d['macs_before']:,} -> {d['macs']:,} ({d['macs'] / d['macs_before']:.2f}x), "
+                     f"params {d['params_before']:,} -> {d['params']:,}")
+    if "sparsity" in d:
+        notes.append(f"{d['sparsity']:.1%} of the conv/linear weights are zero")
+    return notes
+
+
+def _sections(record: dict) -> list[str]:
+    from ..report import sensitivity_md
+
+    return sensitivity_md(record)
+
+
+def _files(record: dict) -> dict[str, str]:
+    from ..report import sensitivity_svg
+
+    sens = record["details"].get("sensitivity")
+    return {f"sensitivity-{record['name']}.svg": sensitivity_svg(sens)} if sens else {}
+
+
+@register(PruneConfig, accepts=lambda cfg, target: {TorchModel: TorchModel}, check=_check, reads=_reads,
+          gates=_budget_gate, notes=_notes, sections=_sections, files=_files)
 def prune(cfg: PruneConfig, artifact: TorchModel, ctx: StageContext) -> TorchModel:
-    _plan_check(cfg, ctx)
     module = copy.deepcopy(artifact.module).eval()
     details = {}
     heads: list = []
@@ -414,7 +454,7 @@ def prune(cfg: PruneConfig, artifact: TorchModel, ctx: StageContext) -> TorchMod
         try:
             details["finetune"] = finetune(module, teacher, ctx.train, cfg.finetune, log=ctx.log,
                                            evaluate=metric_text, where=ctx.where, threads=ctx.threads, masks=mask,
-                                           progress=ctx.progress, seed=ctx.recipe.seed)
+                                           progress=ctx.progress, seed=ctx.resolved.seed)
         except TrainingDiverged as exc:
             raise keep_last_good(ctx, exc, lambda folder: TorchModel(path=save_module(module, folder))) from None
     macs, params = count_macs(module, ctx.spec)

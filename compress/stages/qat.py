@@ -14,10 +14,12 @@ import warnings
 from pathlib import Path
 
 from ..artifacts import OnnxModel, OpenVinoModel, TorchModel
-from ..convert import count_ops, save_openvino, stamp_onnx, to_openvino, torch_to_onnx
-from ..errors import InputError, StageError, first_line
+from ..convert import save_openvino, stamp_onnx, to_openvino, torch_to_onnx
+from ..errors import ChainError, InputError, backend_call
 from ..recipe import QatConfig
-from . import StageContext, keep_last_good, register
+from ..runtimes import count_ops
+from . import (PlanState, StageContext, add_checkpoint, finetune_notes, keep_last_good, quantized_nothing_gate,
+               register)
 from .prune import _ignored
 from .quantize import CalibrationSamples, call_nncf
 
@@ -130,10 +132,8 @@ def _to_onnx_qdq(qmodel, ctx: StageContext, path: Path, stamp: dict, nncf_model:
 
     plain = qmodel
     if nncf_model:   # fake-quant becomes torch.fake_quantize_* ops, which export as QuantizeLinear/DequantizeLinear
-        try:
+        with backend_call("NNCF could not strip the QAT model for export", where=ctx.where):
             plain = nncf.strip(qmodel, example_input=ctx.spec.example_input(batch=1))
-        except Exception as exc:
-            raise StageError(f"NNCF could not strip the QAT model for export: {first_line(exc)[:300]}") from None
     torch_to_onnx(plain, ctx.spec, path)
     stamp_onnx(path, stamp)
     return OnnxModel(path=path)
@@ -172,7 +172,34 @@ def _nothing_to_quantize(module, cfg: QatConfig, ctx: StageContext, stamp: dict,
     return out
 
 
-@register(QatConfig, accepts=_accepts)
+def _check(cfg: QatConfig, state: PlanState) -> None:
+    if state.recipe.data.train is None:
+        raise ChainError("quantization-aware training needs training data: the recipe has no data.train",
+                         where=state.where, hint="Add data.train (same formats as calibration/eval), or use a "
+                                                 "`quantize` stage (post-training, calibration data only).")
+
+
+def _forbids_after(cfg: QatConfig) -> dict[str, tuple[str, str | None]]:
+    once = ("the model is already quantized by {at}; quantize once", "Remove one of the quantize stages.")
+    return {"prune": ("prune before quantizing: {at} already quantized the model", None), "quantize": once,
+            "qat": once}
+
+
+def _notes(record: dict) -> list[str]:
+    d = record["details"]
+    notes = []
+    if d.get("folded_batchnorm"):
+        notes.append(f"{d['folded_batchnorm']} BatchNorm layer(s) folded into their convolutions before fake-quant "
+                     "was inserted")
+    if "PTQ start" in d.get("checkpoints", {}):
+        notes.append(f"'PTQ start' is the model right after fake-quant insertion and range calibration on "
+                     f"{d['samples']} samples, before training: post-training quantization (artifact "
+                     f"{d['checkpoints']['PTQ start']['path']} in the stage folder)")
+    return notes + finetune_notes(record)
+
+
+@register(QatConfig, accepts=_accepts, check=_check, quantizes=lambda cfg: cfg.backend, forbids_after=_forbids_after,
+          gates=quantized_nothing_gate, notes=_notes)
 def qat(cfg: QatConfig, artifact: TorchModel, ctx: StageContext):
     from ..train import TrainingDiverged, finetune
 
@@ -190,9 +217,8 @@ def qat(cfg: QatConfig, artifact: TorchModel, ctx: StageContext):
     details.update(samples=count, folded_batchnorm=len(folded), quantize_ops=quantizers)
     if quantizers == 0:
         return _nothing_to_quantize(qmodel, cfg, ctx, stamp, details, nncf_model=True)
-    if ctx.validate is not None:
-        details["ptq"] = ctx.validate(ptq, f"{ctx.where} PTQ start")
-        details["ptq"]["path"] = "ptq/" + ptq.path.name
+    ctx.details.update(details)
+    add_checkpoint(ctx, "PTQ start", ptq)
 
     teacher = ctx.reference.module if cfg.finetune.distill is not None else None
 
@@ -204,7 +230,7 @@ def qat(cfg: QatConfig, artifact: TorchModel, ctx: StageContext):
     try:
         details["finetune"] = finetune(qmodel, teacher, ctx.train, cfg.finetune, log=ctx.log, evaluate=metric_text,
                                        where=ctx.where, threads=ctx.threads, on_step=_freezer(cfg, qmodel, ctx.log),
-                                       progress=ctx.progress, seed=ctx.recipe.seed)
+                                       progress=ctx.progress, seed=ctx.resolved.seed)
     except TrainingDiverged as exc:
         raise keep_last_good(ctx, exc, lambda folder: _export(qmodel, cfg, ctx, folder,
                                                               {**stamp, "checkpoint": f"epoch {exc.epoch}"})[0]) from None

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from ..artifacts import OnnxModel, OpenVinoModel, TorchModel
-from ..convert import count_ops, save_openvino, stamp_onnx, to_openvino
-from ..errors import CompressError, InputError, StageError, first_line
+from ..convert import save_openvino, stamp_onnx, to_openvino
+from ..errors import InputError, backend_call
 from ..recipe import QuantizeConfig
-from ..runtimes import open_session
+from ..runtimes import count_ops, open_session
 from ..validation import Agreement
-from . import StageContext, register
+from . import StageContext, quantized_nothing_gate, register
 
 DEFAULT_SAMPLES = 300
 SELECTION_SAMPLES = 256
@@ -56,15 +56,10 @@ def call_nncf(fn, ctx: StageContext, has_ignore: bool, failure: str):
     path, anything else a stage failure that says what failed."""
     import nncf
 
-    try:
+    with backend_call(failure, where=ctx.where, settings_errors=(nncf.ValidationError,),
+                      settings_where=f"{ctx.where}.ignore" if has_ignore else ctx.where,
+                      rejected="NNCF rejected the settings"):
         return fn()
-    except CompressError:
-        raise
-    except nncf.ValidationError as exc:
-        raise InputError(f"NNCF rejected the settings: {first_line(exc)[:300]}",
-                         where=f"{ctx.where}.ignore" if has_ignore else ctx.where) from None
-    except Exception as exc:
-        raise StageError(f"{failure}: {type(exc).__name__}: {first_line(exc)[:300]}") from None
 
 
 def _quantize_nncf(cfg: QuantizeConfig, artifact, ctx: StageContext) -> OpenVinoModel:
@@ -115,7 +110,7 @@ class _Reader:
 
     def __init__(self, ctx: StageContext, count: int):
         self.ctx, self.count = ctx, count
-        self.batch = max(d for d in range(1, min(ctx.recipe.data.batch_size, count) + 1) if count % d == 0)
+        self.batch = max(d for d in range(1, min(ctx.resolved.batch_size, count) + 1) if count % d == 0)
         self.rewind()
 
     def rewind(self):
@@ -151,7 +146,7 @@ def _ort_quantize(src: Path, dst: Path, scheme: str, cfg: QuantizeConfig, ctx: S
 def _selection_feeds(ctx: StageContext) -> list[dict[str, np.ndarray]]:
     n = min(SELECTION_SAMPLES, len(ctx.calibration))
     batches, seen = [], 0
-    for feeds in ctx.calibration.input_batches(ctx.recipe.data.batch_size):
+    for feeds in ctx.calibration.input_batches(ctx.resolved.batch_size):
         batches.append(feeds)
         seen += len(next(iter(feeds.values())))
         if seen >= n:
@@ -175,23 +170,21 @@ def _quantize_onnxruntime(cfg: QuantizeConfig, artifact: OnnxModel, ctx: StageCo
     work.mkdir()
     prepared = work / "prepared.onnx"
     ctx.log("ORT pre-processing (shape inference, graph clean-up)")
-    try:
-        with contextlib.chdir(work):  # ORT writes shape-inference temp files into the working directory
-            quant_pre_process(str(artifact.path.absolute()), str(prepared.absolute()), skip_symbolic_shape=False,
-                              auto_merge=True)
-    except Exception as exc:
-        raise StageError(f"ORT quantization pre-processing failed: {str(exc).splitlines()[0][:300]}") from None
+    with backend_call("ORT quantization pre-processing failed", where=ctx.where), \
+            contextlib.chdir(work):  # ORT writes shape-inference temp files into the working directory
+        quant_pre_process(str(artifact.path.absolute()), str(prepared.absolute()), skip_symbolic_shape=False,
+                          auto_merge=True)
 
     if cfg.scheme != "auto":
         candidates, reason = [cfg.scheme], "set in the recipe"
-    elif ctx.machine.get("vnni"):
+    elif ctx.resolved.vnni:
         candidates = ["u8s8"]
         reason = "this CPU has VNNI, where ORT's default U8S8 does not saturate"
     else:
         candidates = ["u8s8", "u8s8_reduce_range", "s8s8"]
         reason = ("this CPU lacks VNNI, where U8S8 can saturate (ORT docs); "
                   "each scheme was tried and the one that agrees best with FP32 was kept")
-    threads = ctx.recipe.latency.threads or 2
+    threads = ctx.threads
     cache = work / "calibration.cache"
     results: dict[str, dict] = {}
     if len(candidates) > 1:
@@ -201,14 +194,10 @@ def _quantize_onnxruntime(cfg: QuantizeConfig, artifact: OnnxModel, ctx: StageCo
     for scheme in candidates:
         ctx.log(f"ORT quantize_static ({scheme}, {cfg.method or 'minmax'}, {count} samples)")
         dst = work / f"{scheme}.onnx"
-        try:
+        with backend_call("ORT quantization failed", where=ctx.where,
+                          settings_errors=(ValueError, KeyError) if cfg.ignore else (),
+                          settings_where=f"{ctx.where}.ignore", rejected="ORT rejected the settings"):
             _ort_quantize(prepared, dst, scheme, cfg, ctx, count, cache)
-        except CompressError:
-            raise
-        except (ValueError, KeyError) as exc:
-            if cfg.ignore:
-                raise InputError(f"ORT rejected the settings: {exc}", where=f"{ctx.where}.ignore") from None
-            raise StageError(f"ORT quantization failed: {type(exc).__name__}: {exc}") from None
         if len(candidates) > 1:
             results[scheme] = _agreement(dst, fp32, feeds, threads)
     if len(candidates) > 1:
@@ -238,7 +227,7 @@ def _dynamic_onnxruntime(cfg: QuantizeConfig, artifact: OnnxModel, ctx: StageCon
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if cfg.scheme == "auto":
-        reduce_range = not ctx.machine.get("vnni")
+        reduce_range = not ctx.resolved.vnni
         reason = ("this CPU has VNNI: full-range U8S8" if not reduce_range else
                   "this CPU lacks VNNI, where U8S8 can saturate (ORT docs): 7-bit weights (reduce_range)")
     else:
@@ -248,15 +237,12 @@ def _dynamic_onnxruntime(cfg: QuantizeConfig, artifact: OnnxModel, ctx: StageCon
     path = ctx.out_dir / "model.onnx"
     ctx.log(f"ORT quantize_dynamic ({'reduce_range' if reduce_range else 'full range'})")
     try:
-        with contextlib.chdir(ctx.out_dir):  # ORT writes shape-inference temp files into the working directory
-            quant_pre_process(str(artifact.path.absolute()), str(prepared.absolute()), skip_symbolic_shape=False,
-                              auto_merge=True)
-        quantize_dynamic(str(prepared), str(path), weight_type=QuantType.QInt8, per_channel=cfg.per_channel,
-                         reduce_range=reduce_range, nodes_to_exclude=list(cfg.ignore) or None)
-    except CompressError:
-        raise
-    except Exception as exc:
-        raise StageError(f"ORT dynamic quantization failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
+        with backend_call("ORT dynamic quantization failed", where=ctx.where):
+            with contextlib.chdir(ctx.out_dir):  # ORT writes shape-inference temp files into the working directory
+                quant_pre_process(str(artifact.path.absolute()), str(prepared.absolute()), skip_symbolic_shape=False,
+                                  auto_merge=True)
+            quantize_dynamic(str(prepared), str(path), weight_type=QuantType.QInt8, per_channel=cfg.per_channel,
+                             reduce_range=reduce_range, nodes_to_exclude=list(cfg.ignore) or None)
     finally:
         prepared.unlink(missing_ok=True)
     stamp_onnx(path, ctx.details.get("stamp", {}))
@@ -325,10 +311,9 @@ def _dynamic_torch(cfg: QuantizeConfig, artifact: TorchModel, ctx: StageContext)
 
     module = copy.deepcopy(artifact.module).eval()
     ctx.log("torchao Int8DynamicActivationInt8Weight on nn.Linear layers")
-    try:   # set_inductor_config=False: leave torch's global compiler settings alone
+    with backend_call("torchao quantization failed", where=ctx.where):
+        # set_inductor_config=False: leave torch's global compiler settings alone
         quantize_(module, Int8DynamicActivationInt8WeightConfig(set_inductor_config=False))
-    except Exception as exc:
-        raise StageError(f"torchao quantization failed: {type(exc).__name__}: {first_line(exc)[:300]}") from None
     linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
     done = sum(isinstance(m.weight, Int8Tensor) for m in linears)
     others = sorted({type(m).__name__ for m in module.modules()
@@ -347,7 +332,36 @@ def _dynamic_torch(cfg: QuantizeConfig, artifact: TorchModel, ctx: StageContext)
     return out
 
 
-@register(QuantizeConfig, accepts=_accepts)
+def _forbids_after(cfg: QuantizeConfig) -> dict[str, tuple[str, str | None]]:
+    """After quantizing: no pruning, no second quantization; after torchao, no export either."""
+    once = ("the model is already quantized by {at}; quantize once", "Remove one of the quantize stages.")
+    rules = {"prune": ("prune before quantizing: {at} already quantized the model", None), "quantize": once,
+             "qat": once}
+    if cfg.backend == "torch":
+        torch_only = ("{at} quantized the model with torchao (backend torch), which cannot be exported to ONNX or "
+                      "OpenVINO", "For ONNX Runtime or OpenVINO, put `export` first and quantize with backend "
+                              "onnxruntime or openvino; backend torch is for models that ship as torch.")
+        rules.update(export=torch_only, compile=torch_only)
+    return rules
+
+
+def _reads(cfg: QuantizeConfig) -> tuple[str, ...]:
+    """ONNX Runtime's `scheme: auto` picks by the CPU's VNNI (and, without it, by measured agreement)."""
+    return ("vnni", "threads", "batch_size") if cfg.backend == "onnxruntime" and cfg.scheme == "auto" else ()
+
+
+def _notes(record: dict) -> list[str]:
+    d = record["details"]
+    if "scheme" not in d:
+        return []
+    tried = d.get("scheme_candidates")
+    return [f"ORT scheme {d['scheme']} ({d['scheme_reason']})" + (": " + ", ".join(
+        f"{k} top-1 agreement {v.get('top1_agreement', float('nan')):.2f}%, cos {v['cosine']:.4f}"
+        for k, v in tried.items()) if tried else "")]
+
+
+@register(QuantizeConfig, accepts=_accepts, quantizes=lambda cfg: cfg.backend, forbids_after=_forbids_after,
+          reads=_reads, gates=quantized_nothing_gate, notes=_notes)
 def quantize(cfg: QuantizeConfig, artifact, ctx: StageContext):
     if artifact.precision != "fp32":
         raise InputError(f"the model is already {artifact.precision}; quantize an FP32 model", where=ctx.where)
