@@ -46,7 +46,7 @@ def main() -> None:
         result = compress.run(recipe, out=work, base_dir=RECIPE.parent, cache=False)
         qat = result.stages[0]
         fp32 = result.report["reference"]["primary"]["value"]
-        ptq = qat["details"]["ptq"]["primary"]["value"]
+        ptq = qat["details"]["checkpoints"]["PTQ start"]["primary"]["value"]
         final = result.stages[-1]
         loss = fp32 - ptq
         recovered = (final["primary"]["value"] - ptq) / loss if loss > 0 else float("nan")

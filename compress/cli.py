@@ -186,6 +186,7 @@ def targets(as_json: bool = typer.Option(False, "--json")):
     """List the built-in targets (targets/*.yaml), the runtime each compiles for, and whether this machine
     has what each needs."""
     from .runtimes import for_target
+    from .runtimes import runtimes as runtime_table
     from .targets import builtin_targets
 
     found = builtin_targets()
@@ -202,6 +203,24 @@ def targets(as_json: bool = typer.Option(False, "--json")):
         table.add_row(t.name, t.runtime, t.format, ", ".join(t.quantize_backends),
                       "[green]yes[/]" if not missing else f"[red]no: {', '.join(missing)}[/]")
     out.print(table)
+    runtimes = Table(title="runtimes (a target names one by runtime + format)")
+    for col in ("runtime", "format", "artifact", "abbrev.", "ready here"):
+        runtimes.add_column(col)
+    for entry in runtime_table():
+        missing = [p for p in entry.requires if not _installed(p)]
+        runtimes.add_row(entry.name, entry.format or "–", entry.artifact.kind, entry.short,
+                         "[green]yes[/]" if not missing else f"[red]no: {', '.join(missing)}[/]")
+    out.print(runtimes)
+
+
+def _installed(distribution: str) -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.version(distribution)
+        return True
+    except metadata.PackageNotFoundError:
+        return False
 
 
 @app.command()

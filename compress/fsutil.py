@@ -32,7 +32,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     except OSError as exc:
         with suppress(OSError):   # e.g. the parent is not a folder
             tmp.unlink(missing_ok=True)
-        raise _write_error(path, exc) from None
+        raise _write_error(path, exc) from exc
 
 
 def atomic_write_json(path: Path, data) -> None:
@@ -47,7 +47,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     try:
         tmp.mkdir(parents=True)
     except OSError as exc:
-        raise _write_error(final, exc) from None
+        raise _write_error(final, exc) from exc
     try:
         yield tmp
     except BaseException:
@@ -59,4 +59,4 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         os.replace(tmp, final)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise _write_error(final, exc) from None
+        raise _write_error(final, exc) from exc

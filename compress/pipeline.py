@@ -336,7 +336,7 @@ def resume(run_dir: Path, *, model=None, metric=None, reporter: Reporter | None 
         data = yaml.safe_load((Path(run_dir) / "recipe.yaml").read_text())
     except (OSError, ValueError, yaml.YAMLError) as exc:
         raise InputError(f"{run_dir} is not a run folder that can be resumed ({exc})",
-                         hint="Pass the folder `compress run` created, e.g. runs/<name>-<timestamp>.") from None
+                         hint="Pass the folder `compress run` created, e.g. runs/<name>-<timestamp>.") from exc
     if not info.get("resumable", True) and model is None:
         raise InputError(f"{run_dir} was run with an in-memory model or metric; resume it from Python with the "
                          "same objects")

@@ -455,7 +455,7 @@ def parse_recipe(data: Any, *, source: str = "<recipe>", node: yaml.Node | None 
         line = _line_of(node, parts)
         where = f"{source}:{line}" if line else source
         more = f" ({len(errors) - 1} more problem(s) after this one)" if len(errors) > 1 else ""
-        raise RecipeError(f"{path}: {_message(err)}{more}", where=where, hint=_hint(err, path)) from None
+        raise RecipeError(f"{path}: {_message(err)}{more}", where=where, hint=_hint(err, path)) from exc
 
 
 class DuplicateKeyError(yaml.constructor.ConstructorError):
@@ -505,12 +505,12 @@ def load_recipe(path: str | Path) -> Recipe:
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(f"cannot read the recipe: {exc}", where=str(path)) from None
+        raise RecipeError(f"cannot read the recipe: {exc}", where=str(path)) from exc
     try:
         data, node = _parse_yaml(text)
     except DuplicateKeyError as exc:
         raise RecipeError(f"{exc.problem} in the YAML", where=f"{path}:{exc.problem_mark.line + 1}",
-                          hint="Each key may appear once in a mapping; remove or merge the repeated one.") from None
+                          hint="Each key may appear once in a mapping; remove or merge the repeated one.") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -518,7 +518,7 @@ def load_recipe(path: str | Path) -> Recipe:
         context = getattr(exc, "context", None)
         if context:   # e.g. "expected a single document in the stream", "while parsing a flow sequence"
             problem = f"{context}, {problem}"
-        raise RecipeError(f"YAML syntax error: {problem}", where=where) from None
+        raise RecipeError(f"YAML syntax error: {problem}", where=where) from exc
     except RecursionError:
         raise RecipeError("the YAML is nested too deeply to be a recipe", where=str(path)) from None
     return parse_recipe(data, source=str(path), node=node)

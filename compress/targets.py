@@ -57,14 +57,14 @@ def _load_file(path: Path) -> Target:
         return target
     except ChainError as exc:
         raise RecipeError(f"target file is invalid: {exc.message}", where=str(path),
-                          hint="Name a runtime and format from `compress targets --runtimes`.") from None
+                          hint="Name a runtime and format that `compress targets` lists.") from exc
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(map(str, err["loc"])) or "(top level)"
-        raise RecipeError(f"target file is invalid: {loc}: {err['msg']}", where=str(path)) from None
+        raise RecipeError(f"target file is invalid: {loc}: {err['msg']}", where=str(path)) from exc
     except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise RecipeError(f"target file is invalid: {first}", where=str(path)) from None
+        raise RecipeError(f"target file is invalid: {first}", where=str(path)) from exc
 
 
 def builtin_targets() -> dict[str, Target]:
@@ -82,7 +82,7 @@ def resolve_target(name: str, *, base_dir: Path, where: str) -> Target:
             path = (base_dir / name).resolve()
             found = path.is_file()
         except (OSError, ValueError) as exc:   # a NUL byte, a name too long for the file system
-            raise RecipeError(f"target file {name[:200]!r} is not a usable path: {exc}", where=where) from None
+            raise RecipeError(f"target file {name[:200]!r} is not a usable path: {exc}", where=where) from exc
         if not found:
             raise RecipeError(f"target file {path} does not exist", where=where)
         return _load_file(path)

@@ -136,14 +136,14 @@ class UserMetric:
             try:
                 self.state = self.obj(**self.kwargs)
             except Exception as exc:
-                raise self._fail(label, exc) from None
+                raise self._fail(label, exc) from exc
 
     def update(self, named: dict[str, np.ndarray], targets) -> None:
         if self.streaming:
             try:
                 self.state.update(named, targets)
             except Exception as exc:
-                raise self._fail(self.label, exc) from None
+                raise self._fail(self.label, exc) from exc
         else:
             self.outputs.append(named)
             self.targets.append(targets)
@@ -158,7 +158,7 @@ class UserMetric:
         except InputError:
             raise
         except Exception as exc:
-            raise self._fail(self.label, exc) from None
+            raise self._fail(self.label, exc) from exc
         finally:
             self.outputs, self.targets = [], []
         return _check_metric_values(value, self.ref, self.label)

@@ -32,7 +32,7 @@ def test_quickstart_runs_and_passes_its_gates(quickstart):
     result, out = quickstart
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)          # --json: stdout is the report and nothing else
-    assert report["schema_version"] == 1 and report["passed"]
+    assert report["schema_version"] == 2 and report["passed"]
     assert [s["name"] for s in report["stages"]] == ["quantize", "compile"]
     ref = report["reference"]
     assert ref["primary"]["name"] == "top1" and ref["primary"]["value"] > 88.0   # a trained model on real data

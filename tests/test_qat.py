@@ -52,7 +52,7 @@ def test_qat_recovers_at_least_half_of_what_ptq_loses_on_openvino(tmp):
     result = compress.run(_recipe([{"type": "qat", "backend": "openvino", "finetune": {"epochs": 1}}]), out=tmp)
     stage = result.stages[0]
     fp32 = result.report["reference"]["primary"]["value"]
-    ptq = stage["details"]["ptq"]
+    ptq = stage["details"]["checkpoints"]["PTQ start"]
     assert stage["runtime"] == ptq["runtime"] == "openvino"
     assert stage["artifact"]["precision"] == "int8" and stage["details"]["quantize_ops"] > 0
     assert stage["details"]["folded_batchnorm"] == 5
@@ -88,7 +88,7 @@ def test_qat_for_onnxruntime_writes_qdq_that_runs_as_int8(tmp):
     fused = {n.op_type for n in onnx.load(str(tmp / "optimized.onnx")).graph.node}
     assert "QLinearConv" in fused                  # ORT runs the QDQ convolutions as INT8 kernels
     assert compiled["artifact"]["precision"] == "int8"
-    ptq = qat["details"]["ptq"]["primary"]["value"]
+    ptq = qat["details"]["checkpoints"]["PTQ start"]["primary"]["value"]
     assert compiled["primary"]["value"] > ptq + 1.0, (ptq, compiled["primary"]["value"])   # training paid off
 
 
@@ -235,7 +235,8 @@ def test_other_training_data_is_not_served_from_the_stage_cache(tmp):
     assert first.stages[0]["cached"] is None and second.stages[0]["cached"] is None
     third = compress.run(recipe, out=tmp).stages[0]
     assert third["cached"] == "cache"
-    ptq_first, ptq_again = second.stages[0]["details"]["ptq"], third["details"]["ptq"]
+    ptq_first = second.stages[0]["details"]["checkpoints"]["PTQ start"]
+    ptq_again = third["details"]["checkpoints"]["PTQ start"]
     assert ptq_again["latency"]["p50_ms"] != ptq_first["latency"]["p50_ms"]           # measured again, not copied
     assert ptq_again["primary"]["value"] == ptq_first["primary"]["value"]             # same artifact, same metric
 
@@ -258,5 +259,5 @@ def test_a_pruned_model_goes_through_qat_and_keeps_its_smaller_layers(tmp):
     out_channels = sorted({weights[n.input[0]].shape[0] for n in graph.node
                            if n.op_type == "QuantizeLinear" and n.input[0] in weights and weights[n.input[0]].ndim == 4})
     assert out_channels == [16, 32, 64]               # 32/64/128 channels pruned by half, BN folded
-    ptq = qat["details"]["ptq"]["primary"]["value"]
+    ptq = qat["details"]["checkpoints"]["PTQ start"]["primary"]["value"]
     assert qat["primary"]["value"] > ptq + 5, (prune["primary"]["value"], ptq, qat["primary"]["value"])

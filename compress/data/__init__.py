@@ -127,7 +127,7 @@ class ImageFolderDataset(Dataset):
         return self.file_labels
 
     def _load_image(self, path: Path) -> np.ndarray:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
         spec = self.spec.inputs[0]
         channels, height, width = spec.shape[1], spec.shape[2], spec.shape[3]
@@ -153,7 +153,7 @@ class ImageFolderDataset(Dataset):
         except (DataError, MemoryError):
             raise
         except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError... on bad files
-            raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}", where=self.where) from None
+            raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}", where=self.where) from exc
         array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
         if array.shape != (channels, height, width):
             raise DataError(f"image {path.name} becomes {list(array.shape)} after the transform, "
@@ -223,7 +223,7 @@ class PythonDataset(Dataset):
             stream = self.factory(**self.kwargs)
             iterator = iter(stream)
         except Exception as exc:
-            raise DataError(f"calling {self.ref} failed: {type(exc).__name__}: {exc}", where=self.where) from None
+            raise DataError(f"calling {self.ref} failed: {type(exc).__name__}: {exc}", where=self.where) from exc
         seen = 0
         while self.cap is None or seen < self.cap:
             try:
@@ -232,7 +232,7 @@ class PythonDataset(Dataset):
                 break
             except Exception as exc:
                 raise DataError(f"{self.ref} raised while yielding data: {type(exc).__name__}: {exc}",
-                                where=self.where) from None
+                                where=self.where) from exc
             if not isinstance(item, (tuple, list)) or len(item) != 2:
                 raise DataError(f"{self.ref} must yield (inputs, targets) pairs; got {type(item).__name__}",
                                 where=self.where, hint="Yield (inputs, None) when there are no targets.")
@@ -318,7 +318,7 @@ def _npz_member(archive, key: str, path: Path, where: str) -> np.ndarray:
     try:
         value = archive[key]   # read (and decompressed) here
     except Exception as exc:
-        raise _unreadable(path, exc, f"{where} (array '{key}')") from None
+        raise _unreadable(path, exc, f"{where} (array '{key}')") from exc
     if not isinstance(value, np.ndarray):   # numpy hands back raw bytes for a member that is not a .npy
         raise DataError(f"cannot read {path}: member '{key}' is not a .npy array", where=where)
     return value
@@ -333,7 +333,7 @@ def _open_arrays(path: Path, src: DataSource, spec: ModelSpec, base_dir: Path, w
             archive = None
             array = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as exc:
-        raise _unreadable(path, exc, where) from None
+        raise _unreadable(path, exc, where) from exc
     arrays: dict[str, np.ndarray] = {}
     labels = None
     if archive is not None:
@@ -357,7 +357,7 @@ def _open_arrays(path: Path, src: DataSource, spec: ModelSpec, base_dir: Path, w
                 labels = np.load(label_path, allow_pickle=False)
             except Exception as exc:
                 raise DataError(f"cannot read labels {label_path}: {type(exc).__name__}: {str(exc)[:300]}",
-                                where=f"{where}.labels") from None
+                                where=f"{where}.labels") from exc
             if not isinstance(labels, np.ndarray):
                 labels.close()
                 raise DataError(f"labels {label_path.name} must be a .npy file holding one integer array",

@@ -62,7 +62,7 @@ def resolve_path(value: str, base_dir: Path, *, where: str | None = None) -> Pat
         path = path if path.is_absolute() else (base_dir / path).resolve()
         path.exists()   # raises for names the file system refuses (too long, ...)
     except (OSError, ValueError, RuntimeError) as exc:   # RuntimeError: `~user` with no such user
-        raise InputError(f"{value[:200]!r} is not a usable path: {exc}", where=where) from None
+        raise InputError(f"{value[:200]!r} is not a usable path: {exc}", where=where) from exc
     return path
 
 
@@ -82,7 +82,7 @@ def import_callable(ref: str, base_dir: Path, *, where: str, error=ModelError) -
     try:
         spec.loader.exec_module(module)
     except (Exception, SystemExit) as exc:  # the user's file raised (or called exit) while importing
-        raise error(f"importing {path} failed: {type(exc).__name__}: {exc}", where=where) from None
+        raise error(f"importing {path} failed: {type(exc).__name__}: {exc}", where=where) from exc
     finally:
         sys.path.remove(str(path.parent))
     if not hasattr(module, attr):
@@ -110,7 +110,7 @@ def _load_state_dict(module, path: Path, where: str) -> None:
         ) from None
     except Exception as exc:
         raise ModelError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})",
-                         where=where) from None
+                         where=where) from exc
     if not isinstance(state, dict) or not state or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
@@ -124,7 +124,7 @@ def _load_state_dict(module, path: Path, where: str) -> None:
         detail = next((line.strip() for line in first if "size mismatch" in line), first[0] if first else "")
         raise ModelError(f"{path} does not match the model: {detail[:300]}", where=where,
                          hint="Check that the factory (and its kwargs) build the architecture the checkpoint was "
-                              "saved from.") from None
+                              "saved from.") from exc
     if result.missing_keys or result.unexpected_keys:
         parts = []
         if result.missing_keys:
@@ -189,13 +189,13 @@ def _load_torch(cfg: ModelConfig, base_dir: Path, seed: int) -> tuple[TorchModel
         try:
             module = torchvision.models.get_model(cfg.name, weights=None, **cfg.kwargs)
         except TypeError as exc:
-            raise ModelError(f"torchvision {cfg.name} rejected kwargs: {exc}", where="model.kwargs") from None
+            raise ModelError(f"torchvision {cfg.name} rejected kwargs: {exc}", where="model.kwargs") from exc
     else:
         factory = import_callable(cfg.factory, base_dir, where="model.factory")
         try:
             module = factory(**cfg.kwargs)
         except (Exception, SystemExit) as exc:
-            raise ModelError(f"calling {cfg.factory} failed: {type(exc).__name__}: {exc}", where="model.factory") from None
+            raise ModelError(f"calling {cfg.factory} failed: {type(exc).__name__}: {exc}", where="model.factory") from exc
         if not isinstance(module, torch.nn.Module):
             raise ModelError(f"{cfg.factory} returned {type(module).__name__}, not a torch.nn.Module",
                              where="model.factory")
@@ -213,7 +213,7 @@ def _load_torch(cfg: ModelConfig, base_dir: Path, seed: int) -> tuple[TorchModel
         shapes = ", ".join(f"{s.name} {s.shape} {s.dtype}" for s in spec.inputs)
         first = first_line(exc)
         raise ModelError(f"the model does not accept the recipe's input ({shapes}): {first}",
-                         where="model.input", hint="Set model.input.shape (batch first) and dtype to what the model takes.") from None
+                         where="model.input", hint="Set model.input.shape (batch first) and dtype to what the model takes.") from exc
     if not outs:
         raise ModelError("the model returned no tensors", where="model.factory")
     spec.outputs = _output_names(cfg, names, len(outs))
@@ -242,7 +242,7 @@ def check_onnx_file(path: Path, where: str):
     except Exception as exc:
         first = first_line(exc)
         raise ModelError(f"{path} is not a valid ONNX model ({first[:200]})", where=where,
-                         hint="Re-export it, or check that the file was copied completely.") from None
+                         hint="Re-export it, or check that the file was copied completely.") from exc
 
 
 def _load_onnx(cfg: ModelConfig, base_dir: Path) -> tuple[OnnxModel, ModelSpec]:
@@ -287,7 +287,7 @@ def load_model(cfg: ModelConfig, base_dir: Path, seed: int = 0, module=None) -> 
         try:
             outs, names = torch_outputs(module, spec.dummy())
         except Exception as exc:
-            raise ModelError(f"the model does not accept the recipe's input: {exc}", where="model.input") from None
+            raise ModelError(f"the model does not accept the recipe's input: {exc}", where="model.input") from exc
         spec.outputs = _output_names(cfg, names, len(outs))
         spec.output_shapes = [list(o.shape) for o in outs]
         return TorchModel(path=None, module=module), spec

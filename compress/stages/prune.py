@@ -8,10 +8,9 @@ import difflib
 import re
 import warnings
 
-import numpy as np
 
 from ..artifacts import TorchModel
-from ..errors import ChainError, InputError, ModelError, StageError, first_line
+from ..errors import ChainError, InputError, ModelError, first_line
 from ..recipe import PruneConfig
 from ..torchio import save_module
 from ..validation import latency_feeds, measure_latency
@@ -134,7 +133,7 @@ def _channel(cfg: PruneConfig, module, ctx: StageContext, heads: list) -> dict:
                                           pruning_ratio=ratio, max_pruning_ratio=cfg.max_ratio, iterative_steps=steps,
                                           ignored_layers=ignored, round_to=cfg.round_to)
     except Exception as exc:
-        raise _graph_error(exc, module, ctx) from None
+        raise _graph_error(exc, module, ctx) from exc
     found = [name for w in caught if "nwrapped parameters" in str(w.message) for name in _UNWRAPPED.findall(str(w.message))]
     # A raw parameter with one non-singleton dimension (a per-channel scale such as ConvNeXt's
     # layer_scale) can only be cut along that dimension, which Torch-Pruning does. With more, it
@@ -156,7 +155,7 @@ def _channel(cfg: PruneConfig, module, ctx: StageContext, heads: list) -> dict:
             pruner.step()
         except Exception as exc:
             raise _untraceable(f"Torch-Pruning failed while pruning ({type(exc).__name__}: {first_line(exc)[:200]})",
-                               raw, None, ctx) from None
+                               raw, None, ctx) from exc
         layer, error = _failing_layer(module, example)
         if error is not None:
             raise _untraceable(f"after pruning, the model no longer runs: {error[:200]}", raw, layer, ctx)
@@ -289,7 +288,6 @@ def _weights(module, ignored_names: set[str]):
 
 
 def _unstructured(cfg: PruneConfig, module, ctx: StageContext) -> dict:
-    import torch
     from torch.nn.utils import prune as tprune
 
     ignored = set(cfg.ignore)
@@ -427,7 +425,7 @@ def prune(cfg: PruneConfig, artifact: TorchModel, ctx: StageContext) -> TorchMod
         try:
             heads = _output_layers(module, ctx.spec.example_input(batch=1))
         except Exception as exc:
-            raise _graph_error(exc, module, ctx) from None
+            raise _graph_error(exc, module, ctx) from exc
     if cfg.sensitivity is not None:
         details["sensitivity"] = _sensitivity(cfg, module, ctx, heads)
     ctx.log(f"pruning ({cfg.method})")

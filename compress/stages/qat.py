@@ -232,8 +232,8 @@ def qat(cfg: QatConfig, artifact: TorchModel, ctx: StageContext):
                                        where=ctx.where, threads=ctx.threads, on_step=_freezer(cfg, qmodel, ctx.log),
                                        progress=ctx.progress, seed=ctx.resolved.seed)
     except TrainingDiverged as exc:
-        raise keep_last_good(ctx, exc, lambda folder: _export(qmodel, cfg, ctx, folder,
-                                                              {**stamp, "checkpoint": f"epoch {exc.epoch}"})[0]) from None
+        raise keep_last_good(ctx, exc, lambda folder, epoch=exc.epoch: _export(qmodel, cfg, ctx, folder,
+                                                              {**stamp, "checkpoint": f"epoch {epoch}"})[0]) from None
     out, quantizers = _export(qmodel, cfg, ctx, ctx.out_dir, stamp)
     details["quantize_ops"] = quantizers
     ctx.details.update(details)
