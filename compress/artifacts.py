@@ -75,3 +75,15 @@ class OpenVinoModel(Artifact):
 
     def files(self) -> list[Path]:
         return [] if self.path is None else [self.path, self.path.with_suffix(".bin")]
+
+
+@dataclass
+class OrtFormatModel(OnnxModel):
+    """ONNX Runtime Mobile's `.ort` flatbuffer; the reduced-build operator config lies beside it."""
+    runtime: ClassVar[str] = "onnxruntime-mobile"
+    kind: ClassVar[str] = "OrtFormatModel"
+
+    def files(self) -> list[Path]:
+        if self.path is None:
+            return []
+        return [self.path] + sorted(self.path.parent.glob(f"{self.path.stem}.required_operators*.config"))

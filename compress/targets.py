@@ -27,6 +27,11 @@ class Target(BaseModel):
     batch: int = Field(1, ge=1, le=4096)
     inference_precision: Literal["f32", "bf16"] | None = None
     graph_optimization: Literal["basic", "extended", "all"] | None = None
+    platform: Literal["arm", "amd64"] | None = Field(
+        None, description="ONNX Runtime Mobile: the CPU the .ort is optimized for (arm excludes x86-only layouts)")
+    operator_config: Literal["ops", "ops_and_types"] | None = Field(
+        None, description="ONNX Runtime Mobile: the reduced-build config written beside the .ort lists operators, "
+                          "or operators and their types (a smaller custom build)")
     quantize_backends: list[str] = Field(
         min_length=1, description="quantize/qat backends whose INT8 this target runs; a recipe that quantizes "
                                   "with another backend before compiling for it is refused at plan time")

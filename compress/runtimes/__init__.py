@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..artifacts import Artifact, OnnxModel, OpenVinoModel, TorchModel
+from ..artifacts import Artifact, OnnxModel, OpenVinoModel, OrtFormatModel, TorchModel
 from ..errors import ChainError, StageError
 
 
@@ -174,3 +174,8 @@ register_runtime(RuntimeSpec(
     open=lazy("openvino_runtime", "open_openvino"), fp32_baseline=lazy("openvino_runtime", "fp32_baseline"),
     count_ops=lazy("openvino_runtime", "count_ops"), input_shapes=lazy("openvino_runtime", "input_shapes"),
     compile=lazy("openvino_runtime", "compile_ir")))
+register_runtime(RuntimeSpec(
+    OrtFormatModel, short="ORTm", description="ONNX Runtime Mobile (.ort), timed here on this CPU", format="ort",
+    suffixes=(".ort",), compiles_from=(OnnxModel,),
+    fp32_baseline=lazy("ort_mobile_runtime", "fp32_baseline"), count_ops=lazy("ort_mobile_runtime", "count_ops"),
+    input_shapes=lazy("ort_mobile_runtime", "input_shapes"), compile=lazy("ort_mobile_runtime", "compile_ort")))

@@ -31,6 +31,10 @@ def _notes(record: dict) -> list[str]:
         notes.append(f"OpenVINO runs non-INT8 layers in {d['inference_precision']}")
     if "graph_optimization" in d:
         notes.append(f"ONNX Runtime graph optimisation '{d['graph_optimization']}' saved into the file")
+    if "ort_format" in d:
+        fmt = d["ort_format"]
+        notes.append(f"ORT format (.ort), optimizations fixed for {fmt['platform']}; the reduced-size build's "
+                     f"operator config is written beside it: {', '.join(fmt['operator_config'])}")
     return notes
 
 
