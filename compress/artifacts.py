@@ -87,3 +87,16 @@ class OrtFormatModel(OnnxModel):
         if self.path is None:
             return []
         return [self.path] + sorted(self.path.parent.glob(f"{self.path.stem}.required_operators*.config"))
+
+
+@dataclass
+class TensorRTQDQModel(OnnxModel):
+    """An .onnx with TensorRT-style explicit quantization (symmetric INT8 QDQ, zero-point 0). Here it
+    runs on ONNX Runtime's CPU provider: emulated, never the engine's figures. `compress build` turns
+    it into an engine on the device."""
+    runtime: ClassVar[str] = "tensorrt-emulated"
+    kind: ClassVar[str] = "TensorRTQDQModel"
+
+    def files(self) -> list[Path]:
+        build = self.path.with_name("build.json") if self.path is not None else None
+        return super().files() + ([build] if build is not None and build.exists() else [])

@@ -192,6 +192,7 @@ def targets(as_json: bool = typer.Option(False, "--json")):
     found = builtin_targets()
     if as_json:
         _print_json([{**t.model_dump(), "artifact": for_target(t.runtime, t.format).artifact.kind,
+                      "here": for_target(t.runtime, t.format).here or "ready",
                       "missing": t.missing_requirements()} for t in found.values()])
         return
     table = Table(title="targets")
@@ -200,8 +201,9 @@ def targets(as_json: bool = typer.Option(False, "--json")):
         table.add_column(col)
     for t in found.values():
         missing = t.missing_requirements()
+        here = for_target(t.runtime, t.format).here
         table.add_row(t.name, t.runtime, t.format, ", ".join(t.quantize_backends),
-                      "[green]yes[/]" if not missing else f"[red]no: {', '.join(missing)}[/]")
+                      f"[red]no: {', '.join(missing)}[/]" if missing else f"[green]{here or 'yes'}[/]")
     out.print(table)
     runtimes = Table(title="runtimes (a target names one by runtime + format)")
     for col in ("runtime", "format", "artifact", "abbrev.", "ready here"):
@@ -209,7 +211,7 @@ def targets(as_json: bool = typer.Option(False, "--json")):
     for entry in runtime_table():
         missing = [p for p in entry.requires if not _installed(p)]
         runtimes.add_row(entry.name, entry.format or "–", entry.artifact.kind, entry.short,
-                         "[green]yes[/]" if not missing else f"[red]no: {', '.join(missing)}[/]")
+                         f"[red]no: {', '.join(missing)}[/]" if missing else f"[green]{entry.here or 'yes'}[/]")
     out.print(runtimes)
 
 

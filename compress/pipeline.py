@@ -23,7 +23,7 @@ from .inputs import Inputs, open_inputs
 from .measure import Measurer, param_count
 from .recipe import Recipe
 from .rundir import RunFolder
-from .runtimes import restore
+from .runtimes import restore, runtime_for
 from .stages import PlanState, Progress, Resolved, StageContext, handler_for, output_type
 from .targets import Target, resolve_target
 from .validation import machine_info
@@ -65,8 +65,15 @@ class Plan:
     batch: int
 
     @property
+    def high_precision(self) -> str | None:
+        """The last TensorRT target's dtype for the layers INT8 leaves alone."""
+        targets = [s.target for s in self.stages if s.target is not None and s.target.tensorrt is not None]
+        return targets[-1].tensorrt.high_precision if targets else None
+
+    @property
     def final_runtime(self) -> str:
-        return self.stages[-1].output_type.runtime
+        """The runtime table's name for where the chain's last artifact runs."""
+        return runtime_for(self.stages[-1].output_type).name
 
     def describe(self) -> list[dict]:
         return [{"stage": s.name, "type": s.config.type, "takes": s.input_type.kind, "gives": s.output_type.kind,
@@ -165,7 +172,7 @@ class Runner:
         self.resolved = Resolved(threads=the_plan.threads, batch=the_plan.batch, final_runtime=the_plan.final_runtime,
                                  batch_size=self.recipe.data.batch_size, seed=self.recipe.seed,
                                  higher_is_better=self.recipe.metric.higher_is_better,
-                                 vnni=bool(self.machine.get("vnni")))
+                                 vnni=bool(self.machine.get("vnni")), high_precision=the_plan.high_precision)
         self.versions = library_versions()
 
     @property

@@ -151,9 +151,10 @@ class QuantizeConfig(StageBase):
     mode: Literal["static", "dynamic"] = Field(
         "static", description="static: INT8 activations from calibration; dynamic: INT8 weights, activations "
                               "quantized at run time (no calibration)")
-    backend: Literal["openvino", "onnxruntime", "torch"] = Field(
+    backend: Literal["openvino", "onnxruntime", "torch", "tensorrt"] = Field(
         description="openvino: NNCF; onnxruntime: ORT quantize_static/quantize_dynamic; torch: torchao "
-                    "(mode dynamic only, the model stays a torch module)")
+                    "(mode dynamic only, the model stays a torch module); tensorrt: NVIDIA ModelOpt's ONNX PTQ "
+                    "on CPU, TensorRT-style symmetric QDQ (compress[tensorrt])")
     method: Literal["minmax", "percentile", "entropy"] | None = Field(
         None, description="activation range estimation; default: the backend's own default"
     )
@@ -166,6 +167,9 @@ class QuantizeConfig(StageBase):
     )
     per_channel: bool = True
     ignore: list[str] = Field(default_factory=list, description="node names to keep in float")
+    high_precision: Literal["fp16", "fp32"] | None = Field(
+        None, description="backend tensorrt: dtype of the layers left unquantized (TensorRT builds the graph as "
+                          "typed); default: the TensorRT target's, else fp32")
     bias_correction: Literal["full", "fast"] = Field(
         "full", description="NNCF (backend openvino, static): re-estimate each layer's bias after quantization. "
                             "full: from the quantized layers' real outputs on calibration data (recovers accuracy "
@@ -195,6 +199,16 @@ class QuantizeConfig(StageBase):
                 raise ValueError("'scheme' applies to backend onnxruntime only")
             if not self.per_channel:
                 raise ValueError("'per_channel: false' applies to backend onnxruntime only (NNCF is per-channel)")
+        if self.backend == "tensorrt":
+            if self.mode != "static":
+                raise ValueError("backend 'tensorrt' is static INT8 (explicit QDQ from calibration)")
+            if self.method == "percentile":
+                raise ValueError("method 'percentile' is not offered by ModelOpt; use minmax (its 'max') or entropy")
+            if self.scheme != "auto" or not self.per_channel or self.preset != "performance":
+                raise ValueError("'scheme', 'per_channel' and 'preset' do not apply to backend tensorrt (TensorRT "
+                                 "takes symmetric INT8: per-channel weights, per-tensor activations)")
+        elif self.high_precision is not None:
+            raise ValueError("'high_precision' applies to backend tensorrt only")
         if self.backend == "onnxruntime" and self.preset != "performance":
             raise ValueError("'preset' applies to backend openvino only; use 'scheme' for onnxruntime")
         if self.backend != "openvino" and self.bias_correction != "full":
@@ -313,6 +327,16 @@ class QatConfig(StageBase):
     def _check(self) -> "QatConfig":
         if self.freeze_bn_after is not None and self.fold_bn:
             raise ValueError("'freeze_bn_after' needs 'fold_bn: false' (folded BatchNorm has no statistics to freeze)")
+        if self.backend == "tensorrt":
+            if self.mode != "static":
+                raise ValueError("backend 'tensorrt' is static INT8 (explicit QDQ from calibration)")
+            if self.method == "percentile":
+                raise ValueError("method 'percentile' is not offered by ModelOpt; use minmax (its 'max') or entropy")
+            if self.scheme != "auto" or not self.per_channel or self.preset != "performance":
+                raise ValueError("'scheme', 'per_channel' and 'preset' do not apply to backend tensorrt (TensorRT "
+                                 "takes symmetric INT8: per-channel weights, per-tensor activations)")
+        elif self.high_precision is not None:
+            raise ValueError("'high_precision' applies to backend tensorrt only")
         if self.backend == "onnxruntime" and self.preset != "performance":
             raise ValueError("'preset' applies to backend openvino only (ONNX Runtime QDQ export is symmetric)")
         return self

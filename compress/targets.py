@@ -14,6 +14,23 @@ from .errors import RecipeError
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "targets"
 
+class TensorRTSettings(BaseModel):
+    """What an engine for this device is built with (`compress build`, on the device)."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    versions: str = Field(description="TensorRT versions the device runs, pip style, e.g. '>=10.3,<10.4'")
+    jetpack: str | None = Field(None, description="JetPack release, e.g. '6.1' (Jetson only)")
+    l4t: str | None = Field(None, description="L4T release, e.g. 'R36.4' (Jetson only)")
+    compute_capability: str | None = Field(None, pattern=r"^\d+\.\d+$", description="GPU compute capability, e.g. '8.7' (None: any GPU; the engine manifest pins the one it was built on)")
+    high_precision: Literal["fp16", "fp32"] = Field(
+        "fp16", description="dtype of the layers left unquantized (strongly typed: the graph's own dtype)")
+    dla_core: int | None = Field(None, ge=0, le=3, description="DLA core to build for (GPU fallback reported)")
+    workspace_mb: int = Field(1024, ge=16, le=1 << 20)
+    max_batch: int = Field(1, ge=1, le=4096, description="largest batch of the engine's shape profile")
+    shapes: dict[str, dict[Literal["min", "opt", "max"], list[int]]] | None = Field(
+        None, description="profiles for dynamic axes other than the batch: {input: {min, opt, max}}")
+
+
 class Target(BaseModel):
     """A device profile. `runtime` + `format` name an entry of the runtime table
     (`compress.runtimes`), which says what `compile` produces and how it runs."""
@@ -35,6 +52,7 @@ class Target(BaseModel):
     quantize_backends: list[str] = Field(
         min_length=1, description="quantize/qat backends whose INT8 this target runs; a recipe that quantizes "
                                   "with another backend before compiling for it is refused at plan time")
+    tensorrt: TensorRTSettings | None = Field(None, description="runtime tensorrt: how the engine is built")
     requires: dict[str, str] = Field(default_factory=dict)
 
     def missing_requirements(self) -> list[str]:
@@ -59,6 +77,9 @@ def _load_file(path: Path) -> Target:
         data = yaml.safe_load(path.read_text())
         target = Target.model_validate(data)
         for_target(target.runtime, target.format)
+        if (target.runtime == "tensorrt") != (target.tensorrt is not None):
+            raise RecipeError("target file is invalid: a `tensorrt:` block goes with runtime tensorrt, and only "
+                              "with it", where=str(path))
         return target
     except ChainError as exc:
         raise RecipeError(f"target file is invalid: {exc.message}", where=str(path),

@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..artifacts import Artifact, OnnxModel, OpenVinoModel, OrtFormatModel, TorchModel
+from ..artifacts import Artifact, OnnxModel, OpenVinoModel, OrtFormatModel, TensorRTQDQModel, TorchModel
 from ..errors import ChainError, StageError
 
 
@@ -61,6 +61,7 @@ class RuntimeSpec:
     name: str | None = None                  # runtime name in targets and reports; default: artifact.runtime
     short: str | None = None                 # abbreviation in the terminal table
     description: str | None = None
+    here: str | None = None                  # what of it runs on this machine, when not all of it
     format: str | None = None                # the `format:` a target names to get this artifact from `compile`
     suffixes: tuple[str, ...] | None = None  # model files `compress bench` opens with this runtime
     requires: tuple[str, ...] | None = None  # distributions this runtime needs (`compress targets` says if ready)
@@ -179,3 +180,8 @@ register_runtime(RuntimeSpec(
     suffixes=(".ort",), compiles_from=(OnnxModel,),
     fp32_baseline=lazy("ort_mobile_runtime", "fp32_baseline"), count_ops=lazy("ort_mobile_runtime", "count_ops"),
     input_shapes=lazy("ort_mobile_runtime", "input_shapes"), compile=lazy("ort_mobile_runtime", "compile_ort")))
+register_runtime(RuntimeSpec(
+    TensorRTQDQModel, name="tensorrt", short="TRT~", format="qdq-onnx",
+    description="TensorRT-ready QDQ ONNX; emulated here on ONNX Runtime CPU, engine built on the device",
+    here="QDQ here, engine on the device", requires=("nvidia-modelopt",), compiles_from=(OnnxModel,),
+    open=lazy("tensorrt_runtime", "open_emulated"), compile=lazy("tensorrt_runtime", "compile_qdq")))

@@ -39,6 +39,7 @@ class Resolved:
     seed: int = 0
     higher_is_better: bool = True    # of the primary metric
     vnni: bool = False               # the CPU has VNNI (INT8 dot products)
+    high_precision: str | None = None  # a TensorRT target's dtype for unquantized layers (fp16 / fp32)
 
 
 @dataclass

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import OnnxModel, OpenVinoModel, TorchModel
+from ..artifacts import OnnxModel, OpenVinoModel, TensorRTQDQModel, TorchModel
 from ..convert import save_openvino, stamp_onnx, to_openvino
 from ..errors import InputError, backend_call
 from ..recipe import QuantizeConfig
@@ -22,6 +23,8 @@ SELECTION_SAMPLES = 256
 def _accepts(cfg: QuantizeConfig, target) -> dict[type, type]:
     if cfg.backend == "torch":
         return {TorchModel: TorchModel}
+    if cfg.backend == "tensorrt":
+        return {TorchModel: TensorRTQDQModel, OnnxModel: TensorRTQDQModel}
     if cfg.backend == "openvino":
         return {TorchModel: OpenVinoModel, OnnxModel: OpenVinoModel, OpenVinoModel: OpenVinoModel}
     return {OnnxModel: OnnxModel}
@@ -221,6 +224,89 @@ def _quantize_onnxruntime(cfg: QuantizeConfig, artifact: OnnxModel, ctx: StageCo
     return out
 
 
+# ---------------------------------------------------------------- TensorRT QDQ via ModelOpt
+def _calibration_array(ctx: StageContext, count: int) -> dict[str, np.ndarray]:
+    names = [s.name for s in ctx.spec.inputs]
+    parts: dict[str, list] = {n: [] for n in names}
+    for feeds in islice(ctx.calibration.samples(), count):
+        for n in names:
+            parts[n].append(feeds[n])
+    return {n: np.stack(v) for n, v in parts.items()}
+
+
+def _quantize_modelopt(cfg: QuantizeConfig, artifact, ctx: StageContext) -> TensorRTQDQModel:
+    """NVIDIA ModelOpt's ONNX PTQ on CPU: TensorRT's placement of symmetric INT8 QDQ (per-channel
+    weights, per-tensor activations, one DQ at residual adds), checked against TensorRT's rules."""
+    import importlib.util
+    import re
+    import shutil
+
+    if importlib.util.find_spec("modelopt") is None:
+        raise InputError("backend tensorrt needs NVIDIA ModelOpt, which is not installed", where=f"{ctx.where}.backend",
+                         hint="Install the extra: pip install 'compress[tensorrt]' (never nvidia-modelopt[onnx]: it "
+                              "replaces onnxruntime).")
+    from modelopt.onnx.quantization import quantize as modelopt_quantize
+
+    from ..convert import torch_to_onnx
+    from ..runtimes.tensorrt_runtime import checks
+
+    work = ctx.out_dir / "work"
+    work.mkdir()
+    source = work / "fp32.onnx"   # ModelOpt rewrites its input file in place: give it a copy
+    if isinstance(artifact, TorchModel):
+        torch_to_onnx(artifact.module, ctx.spec, source)
+    else:
+        shutil.copyfile(artifact.path, source)
+    names = [node.name for node in _onnx_nodes(source)]
+    missing = [n for n in cfg.ignore if n not in names]
+    if missing:
+        close = difflib.get_close_matches(missing[0], names, n=3)
+        raise InputError(f"ignore names node '{missing[0]}', which the ONNX graph does not have",
+                         where=f"{ctx.where}.ignore",
+                         hint=f"Close names: {', '.join(close)}." if close else "List node names with Netron.")
+    count = _samples(cfg, ctx)
+    data = _calibration_array(ctx, count)
+    batch = max(d for d in range(1, min(ctx.resolved.batch_size, count) + 1) if count % d == 0)
+    shapes = ",".join(f"{s.name}:{'x'.join(str(d) for d in [batch, *s.shape[1:]])}" for s in ctx.spec.inputs)
+    method = {None: "max", "minmax": "max", "entropy": "entropy"}[cfg.method]
+    high = cfg.high_precision or ctx.resolved.high_precision or "fp32"
+    path = ctx.out_dir / "model.onnx"
+    ctx.log(f"ModelOpt ONNX PTQ (int8, {method}, {count} samples, {high} for the rest; CPU calibration)")
+    with backend_call("ModelOpt ONNX quantization failed", where=ctx.where):
+        modelopt_quantize(str(source), quantize_mode="int8", calibration_data=data if len(data) > 1
+                          else next(iter(data.values())), calibration_method=method, calibration_shapes=shapes,
+                          calibration_eps=["cpu"], output_path=str(path), high_precision_dtype=high,
+                          nodes_to_exclude=[f"^{re.escape(n)}$" for n in cfg.ignore] or None, log_level="ERROR")
+    shutil.rmtree(work)
+    stamp_onnx(path, ctx.details.get("stamp", {}))
+    out = TensorRTQDQModel(path=path, precision="int8")
+    rows = checks(path, tensorrt=None)
+    ctx.details.update(backend="modelopt", modelopt=_version("nvidia-modelopt"), samples=count, method=method,
+                       high_precision=high, format="QDQ (TensorRT explicit quantization)", tensorrt_checks=rows,
+                       quantize_ops=count_ops(out, {"QuantizeLinear"}))
+    out.notes.append("accuracy and latency here are emulated (ONNX Runtime CPU), not the engine; `compress build` "
+                     "measures the engine on the device")
+    if ctx.details["quantize_ops"] == 0:
+        out.precision = "fp32"
+        out.notes.append("ModelOpt found no layer to quantize: the artifact stays FP32")
+    return out
+
+
+def _onnx_nodes(path: Path):
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False).graph.node
+
+
+def _version(distribution: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 # ---------------------------------------------------------------- dynamic (no calibration)
 def _dynamic_onnxruntime(cfg: QuantizeConfig, artifact: OnnxModel, ctx: StageContext) -> OnnxModel:
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -346,8 +432,13 @@ def _forbids_after(cfg: QuantizeConfig) -> dict[str, tuple[str, str | None]]:
 
 
 def _reads(cfg: QuantizeConfig) -> tuple[str, ...]:
-    """ONNX Runtime's `scheme: auto` picks by the CPU's VNNI (and, without it, by measured agreement)."""
-    return ("vnni", "threads", "batch_size") if cfg.backend == "onnxruntime" and cfg.scheme == "auto" else ()
+    """ONNX Runtime's `scheme: auto` picks by the CPU's VNNI (and, without it, by measured agreement);
+    TensorRT's QDQ keeps the unquantized layers in the target's dtype unless the stage says."""
+    if cfg.backend == "onnxruntime" and cfg.scheme == "auto":
+        return ("vnni", "threads", "batch_size")
+    if cfg.backend == "tensorrt" and cfg.high_precision is None:
+        return ("high_precision",)
+    return ()
 
 
 def _notes(record: dict) -> list[str]:
@@ -366,6 +457,7 @@ def quantize(cfg: QuantizeConfig, artifact, ctx: StageContext):
     if artifact.precision != "fp32":
         raise InputError(f"the model is already {artifact.precision}; quantize an FP32 model", where=ctx.where)
     backends = {("static", "openvino"): _quantize_nncf, ("static", "onnxruntime"): _quantize_onnxruntime,
+                ("static", "tensorrt"): _quantize_modelopt,
                 ("dynamic", "openvino"): _dynamic_openvino, ("dynamic", "onnxruntime"): _dynamic_onnxruntime,
                 ("dynamic", "torch"): _dynamic_torch}
     return backends[cfg.mode, cfg.backend](cfg, artifact, ctx)
