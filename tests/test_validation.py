@@ -60,12 +60,25 @@ def test_labels_out_of_range_are_a_data_error(tmp):
 
 
 def test_agreement_for_embeddings_uses_cosine():
-    agree = Agreement()
+    # [N, 1, 16] is an embedding, not class scores [N, C]: agreement is cosine and error, never top-1
+    # (argmax over a flattened embedding means nothing, and would read 100 here)
     ref = np.random.default_rng(1).standard_normal((5, 1, 16))
-    agree.update(ref * 2.0, ref)                     # scaled: cosine 1, error > 0
+    agree = Agreement()
+    agree.update(ref[:3] * 2.0, ref[:3])            # two batches: scaled, so cosine 1 and error |ref|
+    agree.update(ref[3:] * 2.0, ref[3:])
     result = agree.result()
-    assert "top1_agreement" not in result or result["top1_agreement"] == 100.0
-    assert result["cosine"] == pytest.approx(1.0) and result["max_abs_error"] > 0
+    assert set(result) == {"cosine", "cosine_min", "max_abs_error", "mse"}
+    assert result["cosine"] == pytest.approx(1.0) and result["cosine_min"] == pytest.approx(1.0)
+    assert result["max_abs_error"] == pytest.approx(np.abs(ref).max())
+    assert result["mse"] == pytest.approx(np.mean(ref ** 2))
+    # the primary metric of such a model is cosine, in points, and top-1 agreement is refused
+    assert default_primary(False, [ref]) == "cosine"
+    from compress.validation import EvalResult
+
+    evaluated = EvalResult(agreement={"embedding": result})
+    assert primary_metric(evaluated, ["embedding"], "cosine") == ("cosine", pytest.approx(100.0))
+    with pytest.raises(DataError, match="needs a first output of class scores"):
+        primary_metric(evaluated, ["embedding"], "top1_agreement")
 
 
 def test_default_primary_metric():
