@@ -167,6 +167,16 @@ class HardCoded(torch.nn.Module):   # the channel count is baked into a view
 
     def forward(self, x):
         return self.head(self.body(self.stem(x).relu()).relu().view(-1, 32 * 25))
+
+
+class Deeper(Net):   # Net with a plain conv after the raw-parameter layer: what is left to prune
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Conv2d(16, 32, 3, padding=1)
+        self.head = torch.nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.head(self.body(self.custom(self.stem(x).relu()).relu()).relu().mean((2, 3)))
 """
 
 
@@ -184,12 +194,70 @@ def test_model_torch_pruning_cannot_trace_is_one_clear_error_naming_the_layer(tm
     assert not (run_dir / "stages" / "01-prune").exists() and not (run_dir / "report.json").exists()
 
 
-def test_the_suggested_ignore_list_makes_the_raw_parameter_model_prunable(tmp):
+def _raw_parameter_recipe(tmp, factory: str, ignore: list[str], drop: float) -> dict:
     (tmp / "odd.py").write_text(RAW_PARAMETER_MODEL)
-    recipe = _recipe([{"type": "prune", "ratio": 0.5, "ignore": ["stem", "custom", "head"]}])
-    recipe["model"] = {"source": "python", "factory": f"{tmp / 'odd.py'}:Net", "input": {"shape": [1, 1, 28, 28]}}
+    recipe = _recipe([{"type": "prune", "ratio": 0.5, "ignore": ignore, "gates": {"max_accuracy_drop": drop}}])
+    recipe["model"] = {"source": "python", "factory": f"{tmp / 'odd.py'}:{factory}", "input": {"shape": [1, 1, 28, 28]}}
     recipe["metric"] = {"primary": "cosine"}
-    assert compress.run(recipe, out=tmp).passed
+    return recipe
+
+
+def _reference_state(recipe: dict, tmp) -> dict:
+    """The weights the run started from (the factory under the recipe's seed)."""
+    from compress.models import load_model
+
+    parsed = parse_recipe(recipe)
+    return load_model(parsed.model, tmp, parsed.seed)[0].module.state_dict()
+
+
+def test_the_suggested_ignore_list_makes_the_raw_parameter_model_prunable(tmp):
+    # the error above says: add 'custom' and the layer that feeds it to `ignore:`. With that list,
+    # the plain conv after them is pruned; the ignored layers and the output head (kept by itself) are not.
+    recipe = _raw_parameter_recipe(tmp, "Deeper", ["stem", "custom"], drop=10.0)
+    result = compress.run(recipe, out=tmp)
+    stage = result.stages[0]
+    d = stage["details"]
+    assert d["ignored"] == ["stem", "custom", "head"]
+    before = _reference_state(recipe, tmp)
+    after = torch.load(result.run_dir / stage["artifact"]["path"], weights_only=True)
+    assert {k: tuple(v.shape) for k, v in after.items()} == {
+        "stem.weight": (16, 1, 3, 3), "stem.bias": (16,), "custom.weight": (16, 16, 3, 3),
+        "body.weight": (16, 16, 3, 3), "body.bias": (16,), "head.weight": (10, 16), "head.bias": (10,)}
+    for name in ("stem.weight", "stem.bias", "custom.weight", "head.bias"):
+        assert torch.equal(after[name], before[name]), name
+    # body keeps 16 of its 32 filters unchanged, in order; the head keeps the matching input columns
+    kept = [next(i for i in range(32) if torch.equal(row, before["body.weight"][i])) for row in after["body.weight"]]
+    assert kept == sorted(kept)
+    assert torch.equal(after["body.bias"], before["body.bias"][kept])
+    assert torch.equal(after["head.weight"], before["head.weight"][:, kept])
+    # params: stem 160 + custom 2304 + body 4640 -> 2320 + head 330 -> 170
+    assert (d["params_before"], d["params_after"], d["params"], stage["params"]) == (7434, 4954, 4954, 4954)
+    assert result.report["reference"]["params"] == 7434 and result.report["reference"]["macs"] == d["macs_before"]
+    assert d["macs"] == d["macs_after"] == stage["macs"] < 0.55 * d["macs_before"]
+    assert d["steps"] == [{"step": 1, "macs": d["macs"], "macs_fraction": d["macs"] / d["macs_before"], "params": 4954}]
+    cosine = stage["primary"]
+    assert cosine["name"] == "cosine" and 80.0 < cosine["value"] < 99.99   # pruned: close to, not equal to, FP32
+    (gate,) = result.report["gates"]
+    assert gate["gate"] == "prune.max_accuracy_drop" and gate["passed"]
+    assert gate["value"] == pytest.approx(100.0 - cosine["value"], abs=1e-4)
+    assert result.passed
+
+
+def test_a_model_with_every_prunable_layer_ignored_comes_out_unchanged(tmp):
+    # Net has nothing left once the suggested list is ignored: the stage runs and changes nothing
+    recipe = _raw_parameter_recipe(tmp, "Net", ["stem", "custom"], drop=0.0)
+    result = compress.run(recipe, out=tmp)
+    stage = result.stages[0]
+    d = stage["details"]
+    assert d["ignored"] == ["stem", "custom", "head"]
+    before = _reference_state(recipe, tmp)
+    after = torch.load(result.run_dir / stage["artifact"]["path"], weights_only=True)
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert d["params"] == d["params_before"] == 2634 and d["macs"] == d["macs_before"] == result.report["reference"]["macs"]
+    assert stage["primary"]["value"] == pytest.approx(100.0)
+    (gate,) = result.report["gates"]
+    assert gate["gate"] == "prune.max_accuracy_drop" and gate["passed"] and gate["value"] == pytest.approx(0.0, abs=1e-4)
+    assert result.passed
 
 
 SMALL_ARCHITECTURES = """
