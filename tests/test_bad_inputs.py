@@ -11,6 +11,8 @@ import torch
 
 from conftest import CALIB, FACTORY, ROOT, cli, fashion_recipe, write_recipe
 
+pytestmark = pytest.mark.slow   # every test runs a pipeline or the CLI
+
 GOOD_STAGES = [{"type": "quantize", "backend": "openvino"}, {"type": "compile", "target": "x86-cpu-openvino"}]
 
 

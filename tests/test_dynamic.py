@@ -28,6 +28,7 @@ def _text_recipe(stages: list[dict]) -> dict:
     return _shipped(RECIPE, stages, 96)
 
 
+@pytest.mark.slow
 def test_dynamic_onnxruntime_on_a_transformer_with_int64_inputs(tmp):
     result = compress.run(_text_recipe([{"type": "export"}, {"type": "quantize", "mode": "dynamic", "backend": "onnxruntime"}]),
                           out=tmp, base_dir=RECIPE.parent)
@@ -38,6 +39,7 @@ def test_dynamic_onnxruntime_on_a_transformer_with_int64_inputs(tmp):
     assert result.report["model"]["inputs"][0]["dtype"] == "int64"
 
 
+@pytest.mark.slow
 def test_dynamic_openvino_weight_compression(tmp):
     result = compress.run(_text_recipe([{"type": "quantize", "mode": "dynamic", "backend": "openvino"}]),
                           out=tmp, base_dir=RECIPE.parent)
@@ -49,6 +51,7 @@ def test_dynamic_openvino_weight_compression(tmp):
     assert quant["artifact"]["size_mb"] < fp32_size / 3   # INT8 weights
 
 
+@pytest.mark.slow
 def test_weight_compression_ignoring_an_unknown_node_is_exit_2_at_the_ignore_list(tmp):
     recipe = fashion_recipe([{"type": "quantize", "mode": "dynamic", "backend": "openvino", "ignore": ["no_such_node"]}])
     result = cli("run", write_recipe(tmp, recipe), "--out", tmp / "runs", "-q")
@@ -57,6 +60,7 @@ def test_weight_compression_ignoring_an_unknown_node_is_exit_2_at_the_ignore_lis
     assert "stages[0].ignore" in text and "NNCF rejected the settings" in text and "no_such_node" in text
 
 
+@pytest.mark.slow
 def test_model_with_nothing_to_quantize_fails_with_exit_3(tmp):
     (tmp / "net.py").write_text("import torch\n\ndef build():\n    return torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Flatten())\n")
     recipe = fashion_recipe([{"type": "export"}, {"type": "quantize", "mode": "dynamic", "backend": "onnxruntime"}])
@@ -66,6 +70,7 @@ def test_model_with_nothing_to_quantize_fails_with_exit_3(tmp):
     assert "quantized no layer" in result.stderr
 
 
+@pytest.mark.slow
 def test_dtype_mismatch_between_recipe_and_data_is_exit_2(tmp):
     with np.load(ROOT / "calibration_data" / "text_eval.npz") as f:
         np.savez(tmp / "floats.npz", input_ids=f["input_ids"].astype(np.float32), attention_mask=f["attention_mask"])
@@ -91,6 +96,7 @@ def _lstm_recipe(stages: list[dict]) -> dict:
     return _shipped(LSTM_RECIPE, stages, 400)
 
 
+@pytest.mark.slow
 def test_lstm_on_image_rows_quantizes_the_recurrence_on_onnxruntime(tmp):
     import onnx
 
@@ -104,6 +110,7 @@ def test_lstm_on_image_rows_quantizes_the_recurrence_on_onnxruntime(tmp):
     assert abs(quant["primary"]["delta"]) <= 1.0
 
 
+@pytest.mark.slow
 def test_lstm_on_openvino_says_how_little_became_int8(tmp):
     result = compress.run(_lstm_recipe([{"type": "quantize", "mode": "dynamic", "backend": "openvino"}]),
                           out=tmp, base_dir=LSTM_RECIPE.parent)
@@ -112,6 +119,7 @@ def test_lstm_on_openvino_says_how_little_became_int8(tmp):
     assert any("LSTMSequence weights stay FP32" in n for n in quant["notes"])
 
 
+@pytest.mark.slow
 def test_torch_backend_keeps_a_torch_model_with_int8_linear_layers(tmp):
     recipe = _text_recipe([{"type": "quantize", "mode": "dynamic", "backend": "torch"}])
     result = compress.run(recipe, out=tmp, base_dir=RECIPE.parent)

@@ -16,6 +16,8 @@ from compress.recipe import ModelConfig
 
 from conftest import FACTORY, ROOT, WEIGHTS, cli, fashion_recipe, write_recipe
 
+pytestmark = pytest.mark.slow   # every test runs a pipeline or the CLI
+
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()

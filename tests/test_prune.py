@@ -22,6 +22,7 @@ def _recipe(stages, **kw) -> dict:
     return recipe
 
 
+@pytest.mark.slow
 def test_channel_pruning_shrinks_the_model_and_chains_into_int8(tmp):
     recipe = _recipe([{"type": "prune", "ratio": 0.5, "ignore": ["classifier"]},
                       {"type": "quantize", "backend": "openvino", "samples": 64}])
@@ -40,6 +41,7 @@ def test_channel_pruning_shrinks_the_model_and_chains_into_int8(tmp):
     assert again.stages[0]["primary"]["value"] == pytest.approx(prune["primary"]["value"])
 
 
+@pytest.mark.slow
 def test_unstructured_and_2_4_sparsity_say_they_do_not_speed_up_dense_runtimes(tmp):
     result = compress.run(_recipe([{"type": "prune", "method": "unstructured", "ratio": 0.6, "scope": "global",
                                     "name": "sparse"}]), out=tmp)
@@ -54,6 +56,7 @@ def test_unstructured_and_2_4_sparsity_say_they_do_not_speed_up_dense_runtimes(t
     assert "features.0.0" in result.stages[0]["details"]["skipped_not_multiple_of_4"]   # 1x3x3 = 9 inputs
 
 
+@pytest.mark.slow
 def test_macs_budget_is_met_iteratively(tmp):
     result = compress.run(_recipe([{"type": "prune", "target": {"macs": 0.5}, "steps": 8}]), out=tmp)
     budget = result.stages[0]["details"]["budget"]
@@ -61,6 +64,7 @@ def test_macs_budget_is_met_iteratively(tmp):
     assert result.passed
 
 
+@pytest.mark.slow
 def test_budget_that_cannot_be_met_exits_3_with_the_best_result(tmp):
     recipe = _recipe([{"type": "prune", "target": {"speedup": 500}, "steps": 2, "max_ratio": 0.5},
                       {"type": "export"}])
@@ -71,6 +75,7 @@ def test_budget_that_cannot_be_met_exits_3_with_the_best_result(tmp):
     assert json.loads(report.read_text())["stages"][0]["details"]["budget"]["runtime"] == "onnxruntime"
 
 
+@pytest.mark.slow
 def test_finetune_with_distillation_and_sensitivity_scan(tmp):
     recipe = _recipe([{"type": "prune", "ratio": 0.5, "ignore": ["classifier"],
                        "sensitivity": {"ratios": [0.5], "samples": 64},
@@ -88,6 +93,7 @@ def test_finetune_with_distillation_and_sensitivity_scan(tmp):
     assert (result.run_dir / "sensitivity-prune.svg").read_text().startswith("<svg")
 
 
+@pytest.mark.slow
 def test_segmentation_model_keeps_its_output_heads_and_the_scan_uses_the_recipe_metric(tmp):
     import yaml
 
@@ -127,6 +133,7 @@ def test_finetune_without_train_data_fails_before_compute():
         compress.validate(_recipe([{"type": "prune", "ratio": 0.3, "finetune": {"epochs": 1}}]))
 
 
+@pytest.mark.slow
 def test_ignore_naming_a_missing_module_is_exit_2(tmp):
     recipe = _recipe([{"type": "prune", "ratio": 0.3, "ignore": ["clasifier"]}])
     result = cli("run", write_recipe(tmp, recipe), "--out", tmp / "runs")
@@ -180,6 +187,7 @@ class Deeper(Net):   # Net with a plain conv after the raw-parameter layer: what
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("factory, named", [("Net", "layer 'custom' uses raw parameter(s) custom.weight"),
                                             ("HardCoded", "hard-coded channel count")])
 def test_model_torch_pruning_cannot_trace_is_one_clear_error_naming_the_layer(tmp, factory, named):
@@ -210,6 +218,7 @@ def _reference_state(recipe: dict, tmp) -> dict:
     return load_model(parsed.model, tmp, parsed.seed)[0].module.state_dict()
 
 
+@pytest.mark.slow
 def test_the_suggested_ignore_list_makes_the_raw_parameter_model_prunable(tmp):
     # the error above says: add 'custom' and the layer that feeds it to `ignore:`. With that list,
     # the plain conv after them is pruned; the ignored layers and the output head (kept by itself) are not.
@@ -243,6 +252,7 @@ def test_the_suggested_ignore_list_makes_the_raw_parameter_model_prunable(tmp):
     assert result.passed
 
 
+@pytest.mark.slow
 def test_a_model_with_every_prunable_layer_ignored_comes_out_unchanged(tmp):
     # Net has nothing left once the suggested list is ignored: the stage runs and changes nothing
     recipe = _raw_parameter_recipe(tmp, "Net", ["stem", "custom"], drop=0.0)
@@ -295,6 +305,7 @@ def _architecture(tmp, factory, stages):
     return recipe
 
 
+@pytest.mark.slow
 def test_a_per_channel_raw_parameter_is_pruned_along_its_channels(tmp):
     import importlib.util
 
@@ -314,6 +325,7 @@ def test_a_per_channel_raw_parameter_is_pruned_along_its_channels(tmp):
     assert pruned(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("factory, fragments", [
     # channel shuffle: Torch-Pruning's graph build fails on the view; `ignore:` cannot route around it
     ("shufflenet", ["cannot build its dependency graph", "view op after layer 'stage", "`ignore:` does not help"]),

@@ -48,6 +48,7 @@ def _recipe(stages, train_samples=4000, **kw) -> dict:
     return recipe
 
 
+@pytest.mark.slow
 def test_qat_recovers_at_least_half_of_what_ptq_loses_on_openvino(tmp):
     result = compress.run(_recipe([{"type": "qat", "backend": "openvino", "finetune": {"epochs": 1}}]), out=tmp)
     stage = result.stages[0]
@@ -67,6 +68,7 @@ def test_qat_recovers_at_least_half_of_what_ptq_loses_on_openvino(tmp):
     assert len(stage["details"]["finetune"]) == 1
 
 
+@pytest.mark.slow
 def test_qat_for_onnxruntime_writes_qdq_that_runs_as_int8(tmp):
     import onnx
     import onnxruntime as ort
@@ -92,6 +94,7 @@ def test_qat_for_onnxruntime_writes_qdq_that_runs_as_int8(tmp):
     assert compiled["primary"]["value"] > ptq + 1.0, (ptq, compiled["primary"]["value"])   # training paid off
 
 
+@pytest.mark.slow
 def test_qat_without_train_data_fails_before_any_compute(tmp):
     recipe = _recipe([{"type": "qat", "backend": "openvino"}])
     del recipe["data"]["train"]
@@ -101,6 +104,7 @@ def test_qat_without_train_data_fails_before_any_compute(tmp):
     assert proc.returncode == 2 and "stages[0]" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
 def test_model_with_nothing_to_quantize_exits_3_with_the_reason(tmp, backend):
     (tmp / "plain.py").write_text(
@@ -115,6 +119,7 @@ def test_model_with_nothing_to_quantize_exits_3_with_the_reason(tmp, backend):
     assert "gate quantized" in proc.stdout and "no layer to quantize" in " ".join(proc.stdout.split())
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_keeps_the_last_good_checkpoint_and_says_where(tmp):
     (tmp / "fragile.py").write_text(FRAGILE)
     recipe = _recipe([{"type": "qat", "backend": "openvino", "finetune": {"epochs": 3, "batch_size": 64}}],
@@ -204,6 +209,7 @@ def test_freezing_schedules_stop_bn_statistics_and_quantizer_ranges():
     assert logged == [(True, True)] * 3 + [(False, True)] * 2 + [(False, False)] * 2
 
 
+@pytest.mark.slow
 def test_qat_on_a_plain_sequential_with_unfolded_bn_and_an_ignored_head(tmp):
     (tmp / "seq.py").write_text(
         "import torch\n"
@@ -227,6 +233,7 @@ def test_qat_on_a_plain_sequential_with_unfolded_bn_and_an_ignored_head(tmp):
     assert producers.get(conv.input[0]) == producers.get(conv.input[1]) == "DequantizeLinear"   # input and weight INT8
 
 
+@pytest.mark.slow
 def test_other_training_data_is_not_served_from_the_stage_cache(tmp):
     recipe = _recipe([{"type": "qat", "backend": "onnxruntime"}], train_samples=128)
     first = compress.run(recipe, out=tmp)
@@ -240,6 +247,7 @@ def test_other_training_data_is_not_served_from_the_stage_cache(tmp):
     assert ptq_again["primary"]["value"] == ptq_first["primary"]["value"]             # same artifact, same metric
 
 
+@pytest.mark.slow
 def test_a_pruned_model_goes_through_qat_and_keeps_its_smaller_layers(tmp):
     import onnx
     from onnx import numpy_helper
