@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test test-fast bench clean
+.PHONY: install run lint test test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -15,6 +15,9 @@ $(VENV)/.installed: pyproject.toml
 
 run: install          ## install, then run the quickstart recipe
 	$(BIN)/compress run recipes/quickstart.yaml
+
+lint: install         ## ruff (settings in pyproject.toml [tool.ruff])
+	$(BIN)/ruff check .
 
 test: install         ## the test suite, both tiers (what CI runs)
 	$(BIN)/python -m pytest -q

@@ -109,7 +109,7 @@ def _print_json(data) -> None:
 CONSOLE_COLUMNS = ("stage", "runtime", "precision", "metric", "delta", "p50", "speedup", "size")
 WIDE_CONSOLE_COLUMNS = ("stage", "runtime", "precision", "metric", "delta", "agreement", "p50", "p99", "speedup",
                         "size")
-CONSOLE_COLUMN_SETS = (WIDE_CONSOLE_COLUMNS + ("params", "macs"), WIDE_CONSOLE_COLUMNS, CONSOLE_COLUMNS)
+CONSOLE_COLUMN_SETS = ((*WIDE_CONSOLE_COLUMNS, "params", "macs"), WIDE_CONSOLE_COLUMNS, CONSOLE_COLUMNS)
 CONSOLE_TITLES = {"stage": "stage", "runtime": "runtime", "precision": "prec", "metric": "metric", "delta": "Δ pts",
                   "agreement": "agreement vs FP32", "p50": "p50 ms", "p99": "p99 ms", "speedup": "speed-up",
                   "size": "MB", "params": "params", "macs": "MMACs"}

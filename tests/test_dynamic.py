@@ -30,7 +30,8 @@ def _text_recipe(stages: list[dict]) -> dict:
 
 @pytest.mark.slow
 def test_dynamic_onnxruntime_on_a_transformer_with_int64_inputs(tmp):
-    result = compress.run(_text_recipe([{"type": "export"}, {"type": "quantize", "mode": "dynamic", "backend": "onnxruntime"}]),
+    result = compress.run(_text_recipe([{"type": "export"},
+                                        {"type": "quantize", "mode": "dynamic", "backend": "onnxruntime"}]),
                           out=tmp, base_dir=RECIPE.parent)
     quant = result.stages[-1]
     assert quant["artifact"]["precision"] == "int8" and quant["details"]["mode"] == "dynamic"
@@ -53,7 +54,8 @@ def test_dynamic_openvino_weight_compression(tmp):
 
 @pytest.mark.slow
 def test_weight_compression_ignoring_an_unknown_node_is_exit_2_at_the_ignore_list(tmp):
-    recipe = fashion_recipe([{"type": "quantize", "mode": "dynamic", "backend": "openvino", "ignore": ["no_such_node"]}])
+    recipe = fashion_recipe([{"type": "quantize", "mode": "dynamic", "backend": "openvino",
+                              "ignore": ["no_such_node"]}])
     result = cli("run", write_recipe(tmp, recipe), "--out", tmp / "runs", "-q")
     text = " ".join(result.stderr.split())
     assert result.returncode == 2 and "Traceback" not in result.stderr, text
@@ -62,7 +64,8 @@ def test_weight_compression_ignoring_an_unknown_node_is_exit_2_at_the_ignore_lis
 
 @pytest.mark.slow
 def test_model_with_nothing_to_quantize_fails_with_exit_3(tmp):
-    (tmp / "net.py").write_text("import torch\n\ndef build():\n    return torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Flatten())\n")
+    (tmp / "net.py").write_text("import torch\n\n"
+                                "def build():\n    return torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Flatten())\n")
     recipe = fashion_recipe([{"type": "export"}, {"type": "quantize", "mode": "dynamic", "backend": "onnxruntime"}])
     recipe["model"] = {"source": "python", "factory": "net.py:build", "input": {"shape": [1, 1, 28, 28]}}
     result = cli("run", write_recipe(tmp, recipe), "--out", tmp / "runs", "-q")
@@ -130,13 +133,15 @@ def test_torch_backend_keeps_a_torch_model_with_int8_linear_layers(tmp):
     assert (result.run_dir / "stages" / "01-quantize" / "quantization.json").is_file()
     again = compress.run(recipe, out=tmp, base_dir=RECIPE.parent)      # reloaded from the state_dict
     assert again.stages[0]["cached"] == "cache"
-    assert again.stages[0]["agreement"]["embedding"]["cosine"] == pytest.approx(quant["agreement"]["embedding"]["cosine"])
+    cosine = quant["agreement"]["embedding"]["cosine"]
+    assert again.stages[0]["agreement"]["embedding"]["cosine"] == pytest.approx(cosine)
 
 
 def test_torch_backend_cannot_be_exported_and_is_dynamic_only(tmp):
     from compress.errors import ChainError
 
     with pytest.raises(ChainError, match="torchao"):
-        compress.validate(_text_recipe([{"type": "quantize", "mode": "dynamic", "backend": "torch"}, {"type": "export"}]))
+        compress.validate(_text_recipe([{"type": "quantize", "mode": "dynamic", "backend": "torch"},
+                                        {"type": "export"}]))
     with pytest.raises(RecipeError, match="mode dynamic only"):
         parse_recipe(_text_recipe([{"type": "quantize", "backend": "torch"}]))

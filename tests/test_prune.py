@@ -263,10 +263,12 @@ def test_a_model_with_every_prunable_layer_ignored_comes_out_unchanged(tmp):
     before = _reference_state(recipe, tmp)
     after = torch.load(result.run_dir / stage["artifact"]["path"], weights_only=True)
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
-    assert d["params"] == d["params_before"] == 2634 and d["macs"] == d["macs_before"] == result.report["reference"]["macs"]
+    assert d["params"] == d["params_before"] == 2634
+    assert d["macs"] == d["macs_before"] == result.report["reference"]["macs"]
     assert stage["primary"]["value"] == pytest.approx(100.0)
     (gate,) = result.report["gates"]
-    assert gate["gate"] == "prune.max_accuracy_drop" and gate["passed"] and gate["value"] == pytest.approx(0.0, abs=1e-4)
+    assert gate["gate"] == "prune.max_accuracy_drop" and gate["passed"]
+    assert gate["value"] == pytest.approx(0.0, abs=1e-4)
     assert result.passed
 
 
@@ -298,7 +300,8 @@ def swin():        # shifted-window attention, which Torch-Pruning's graph build
 def _architecture(tmp, factory, stages):
     (tmp / "arch.py").write_text(SMALL_ARCHITECTURES)
     recipe = _recipe(stages)
-    recipe["model"] = {"source": "python", "factory": f"{tmp / 'arch.py'}:{factory}", "input": {"shape": [1, 3, 32, 32]}}
+    recipe["model"] = {"source": "python", "factory": f"{tmp / 'arch.py'}:{factory}",
+                       "input": {"shape": [1, 3, 32, 32]}}
     recipe["data"] = {"calibration": {"path": str(ROOT / "calibration_data/fashion_png"), "samples": 8},
                       "eval": {"path": str(ROOT / "calibration_data/fashion_png"), "samples": 8}, "batch_size": 8}
     recipe["metric"] = {"primary": "cosine"}
