@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test bench clean
+.PHONY: install run lint test test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -16,8 +16,14 @@ $(VENV)/.installed: pyproject.toml
 run: install          ## install, then run the quickstart recipe
 	$(BIN)/compress run recipes/quickstart.yaml
 
-test: install         ## the test suite (what CI runs)
+lint: install         ## ruff (settings in pyproject.toml [tool.ruff])
+	$(BIN)/ruff check .
+
+test: install         ## the test suite, both tiers (what CI runs)
 	$(BIN)/python -m pytest -q
+
+test-fast: install    ## the fast tier: no pipeline runs, no CLI subprocesses (about a minute)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: install        ## side-by-side timings (minutes; prints ratios)
 	$(BIN)/python benchmarks/bench_int8.py

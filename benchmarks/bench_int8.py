@@ -20,8 +20,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -98,18 +96,20 @@ def main() -> None:
     nncf_xml = nncf_direct(reference.module, calibration, args.samples, work / "nncf_direct.xml")
 
     ov_dir, ort_dir = ov_run.run_dir, ort_run.run_dir
+    ov_fp32, ov_int8 = ov_dir / "baselines/openvino/fp32.xml", ov_dir / ov_run.stages[-1]["artifact"]["path"]
     variants = {
         "torch eager fp32": (TorchModel(path=None, module=reference.module), {}),
         "ort fp32": (OnnxModel(path=ort_dir / "baselines/onnxruntime/fp32.onnx"), {}),
         "ort int8 (compress)": (OnnxModel(path=ort_dir / ort_run.stages[-1]["artifact"]["path"]), {}),
-        "openvino fp32 (f32 hint)": (OpenVinoModel(path=ov_dir / "baselines/openvino/fp32.xml"), {"inference_precision": "f32"}),
-        "openvino fp32 (bf16 hint)": (OpenVinoModel(path=ov_dir / "baselines/openvino/fp32.xml"), {"inference_precision": "bf16"}),
-        "openvino int8 (compress)": (OpenVinoModel(path=ov_dir / ov_run.stages[-1]["artifact"]["path"]), {"inference_precision": "f32"}),
+        "openvino fp32 (f32 hint)": (OpenVinoModel(path=ov_fp32), {"inference_precision": "f32"}),
+        "openvino fp32 (bf16 hint)": (OpenVinoModel(path=ov_fp32), {"inference_precision": "bf16"}),
+        "openvino int8 (compress)": (OpenVinoModel(path=ov_int8), {"inference_precision": "f32"}),
         "openvino int8 (nncf direct)": (OpenVinoModel(path=nncf_xml), {"inference_precision": "f32"}),
-        "openvino int8 (compress, bf16 hint)": (OpenVinoModel(path=ov_dir / ov_run.stages[-1]["artifact"]["path"]), {"inference_precision": "bf16"}),
+        "openvino int8 (compress, bf16 hint)": (OpenVinoModel(path=ov_int8), {"inference_precision": "bf16"}),
     }
     feeds = latency_feeds(evalset, 1)
-    sessions = {name: open_session(artifact, threads=threads, static_batch=1, **kw) for name, (artifact, kw) in variants.items()}
+    sessions = {name: open_session(artifact, threads=threads, static_batch=1, **kw)
+                for name, (artifact, kw) in variants.items()}
     p50s: dict[str, list[float]] = {name: [] for name in variants}
     for r in range(args.rounds):
         for name, session in sessions.items():
@@ -119,7 +119,8 @@ def main() -> None:
 
     torch_session = sessions["torch eager fp32"]
     reference_out = [torch_session.run(f)[0] for f, _ in evalset.batches(10)]
-    accuracy = {name: agreement(open_session(variants[name][0], threads=threads, **variants[name][1]), reference_out, evalset)
+    accuracy = {name: agreement(open_session(variants[name][0], threads=threads, **variants[name][1]), reference_out,
+                                evalset)
                 for name in ("ort int8 (compress)", "openvino int8 (compress)", "openvino int8 (nncf direct)",
                              "openvino int8 (compress, bf16 hint)")}
 
@@ -152,8 +153,9 @@ def main() -> None:
     for key, ok in checks.items():
         print(f"{'PASS' if ok else 'MISS'}  {key}")
     if args.json:
-        args.json.write_text(json.dumps({"model": args.model, "threads": threads, "machine": machine, "latency_ms": latency,
-                                         "accuracy": accuracy, "ratios": ratios, "checks": checks}, indent=2))
+        args.json.write_text(json.dumps({"model": args.model, "threads": threads, "machine": machine,
+                                         "latency_ms": latency, "accuracy": accuracy, "ratios": ratios,
+                                         "checks": checks}, indent=2))
 
 
 if __name__ == "__main__":

@@ -76,10 +76,11 @@ def recipe(model: str, images: Path, samples: int, out_eval: Path) -> dict:
 
 def child(recipe_json: str, out: str) -> None:
     """One run in this (fresh) process; prints one JSON line with peak RSS figures."""
-    import compress
     import nncf  # noqa: F401  (imports first, so the figure after them is the floor)
     import openvino  # noqa: F401
     import torch  # noqa: F401
+
+    import compress
 
     after_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()

@@ -52,8 +52,8 @@ def main() -> None:
     }
     prune = {"type": "prune", "ratio": 0.5, "importance": "l1", "round_to": 8}
     ort = compress.run({**common, "name": "prune-ort", "stages": [prune, {"type": "export"}]}, out=work)
-    ov = compress.run({**common, "name": "prune-ov", "stages": [prune, {"type": "compile", "target": "x86-cpu-openvino"}]},
-                      out=work)
+    ov = compress.run({**common, "name": "prune-ov",
+                       "stages": [prune, {"type": "compile", "target": "x86-cpu-openvino"}]}, out=work)
     pairs = {
         "onnxruntime": (OnnxModel(path=ort.run_dir / "baselines/onnxruntime/fp32.onnx"),
                         OnnxModel(path=ort.run_dir / ort.stages[-1]["artifact"]["path"])),
@@ -120,8 +120,10 @@ def _full_test_set(work: Path) -> Path | None:
     folder = Path("/usr/share/datasets/fashion-mnist")
     if not (folder / "t10k-images-idx3-ubyte.gz").is_file():
         return None
-    images = np.frombuffer(gzip.open(folder / "t10k-images-idx3-ubyte.gz").read(), np.uint8, offset=16)
-    labels = np.frombuffer(gzip.open(folder / "t10k-labels-idx1-ubyte.gz").read(), np.uint8, offset=8)
+    with gzip.open(folder / "t10k-images-idx3-ubyte.gz") as fh:
+        images = np.frombuffer(fh.read(), np.uint8, offset=16)
+    with gzip.open(folder / "t10k-labels-idx1-ubyte.gz") as fh:
+        labels = np.frombuffer(fh.read(), np.uint8, offset=8)
     path = work / "fashion_mnist_t10k.npz"
     np.savez(path, x=images.reshape(-1, 1, 28, 28), y=labels.astype(np.int64))
     return path

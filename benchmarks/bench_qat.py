@@ -39,7 +39,8 @@ def main() -> None:
     base["stages"][0]["finetune"]["epochs"] = args.epochs
     ort = copy.deepcopy(base)
     ort["name"] += "-onnxruntime"
-    ort["stages"] = [{**base["stages"][0], "backend": "onnxruntime"}, {"type": "compile", "target": "x86-cpu-onnxruntime"}]
+    ort["stages"] = [{**base["stages"][0], "backend": "onnxruntime"},
+                     {"type": "compile", "target": "x86-cpu-onnxruntime"}]
     machine = machine_info()
     print(f"{machine['cpu']}; ISA {', '.join(machine['isa'])}")
     for recipe in (base, ort):

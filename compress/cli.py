@@ -101,18 +101,65 @@ def _print_json(data) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
+# The run table on the console: one line per cell, so it stays a table in an 80-column terminal.
+# Short headers, runtimes abbreviated (PT/ORT/OV) with a legend under the table, the primary
+# metric's name in its header and only its value in the cells. The widest of CONSOLE_COLUMN_SETS
+# that fits the console is shown: the last fits 80 columns; wider consoles add agreement with FP32
+# and p99 (about 120 columns), then params and MACs. report.md keeps every column in full.
 CONSOLE_COLUMNS = ("stage", "runtime", "precision", "metric", "delta", "p50", "speedup", "size")
+WIDE_CONSOLE_COLUMNS = ("stage", "runtime", "precision", "metric", "delta", "agreement", "p50", "p99", "speedup",
+                        "size")
+CONSOLE_COLUMN_SETS = ((*WIDE_CONSOLE_COLUMNS, "params", "macs"), WIDE_CONSOLE_COLUMNS, CONSOLE_COLUMNS)
+CONSOLE_TITLES = {"stage": "stage", "runtime": "runtime", "precision": "prec", "metric": "metric", "delta": "Δ pts",
+                  "agreement": "agreement vs FP32", "p50": "p50 ms", "p99": "p99 ms", "speedup": "speed-up",
+                  "size": "MB", "params": "params", "macs": "MMACs"}
+_LEFT = {"stage", "runtime", "precision", "agreement"}
+_METRIC_TITLE_MAX = 10   # a longer metric name goes to the legend and the header reads "metric"
 
 
-def _table(report: dict) -> Table:
-    from .report import COLUMNS, rows
+def _table(report: dict, width: int | None = None) -> Table:
+    """The run table with the widest column set whose cells all fit on one line within `width`
+    (default: the console's)."""
+    width = out.width if width is None else width
+    for columns in CONSOLE_COLUMN_SETS:
+        table = _run_table(report, columns)
+        if _natural_width(table) <= width:
+            break
+    return table   # too wide even so only for a very long stage name: that column folds
 
-    titles = dict(COLUMNS)
-    table = Table(title=f"{report['name']}: {'PASSED' if report['passed'] else 'FAILED'}")
-    for key in CONSOLE_COLUMNS:
-        table.add_column(titles[key], overflow="fold")
-    for row in rows(report):
-        table.add_row(*[str(row[key]) if row[key] is not None else "–" for key in CONSOLE_COLUMNS])
+
+def _natural_width(table: Table) -> int:
+    import io
+
+    return Console(width=10_000, file=io.StringIO()).measure(table).maximum
+
+
+def _run_table(report: dict, columns: tuple[str, ...]) -> Table:
+    from rich import box
+
+    from .report import RUNTIMES, rows
+
+    table_rows = rows(report)
+    names = {row["metric_name"] for row in table_rows if row["metric_name"]}
+    metric_name = next(iter(names)) if len(names) == 1 else None   # else each cell says which metric
+    titles = dict(CONSOLE_TITLES)
+    runtimes = [r for r in dict.fromkeys(row["runtime"] for row in table_rows) if r in RUNTIMES]
+    legend = [", ".join(f"{RUNTIMES[r][0]} = {RUNTIMES[r][1]}" for r in runtimes)] if runtimes else []
+    if metric_name is not None and len(metric_name) <= _METRIC_TITLE_MAX:
+        titles["metric"] = metric_name
+    elif metric_name is not None:
+        legend.append(f"metric = {metric_name}")
+    legend += ["Δ pts: primary metric vs the FP32 reference", "speed-up: p50 vs FP32 on the same runtime"]
+    table = Table(title=f"{report['name']}: {'PASSED' if report['passed'] else 'FAILED'}", caption="; ".join(legend),
+                  caption_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for key in columns:   # only the stage (a recipe's own name) may fold; numbers never wrap
+        table.add_column(titles[key], justify="left" if key in _LEFT else "right", no_wrap=key != "stage",
+                         overflow="fold")
+    for row in table_rows:
+        cells = {**row, "stage": "baseline" if row["baseline"] else row["stage"],
+                 "runtime": RUNTIMES[row["runtime"]][0] if row["runtime"] in RUNTIMES else row["runtime"],
+                 "metric": row["metric_value"] if metric_name is not None else row["metric"]}
+        table.add_row(*[str(cells[key]) if cells[key] is not None else "–" for key in columns])
     return table
 
 

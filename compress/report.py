@@ -37,13 +37,24 @@ def _mmacs(record: dict) -> str:
     return "–" if not record.get("macs") else f"{record['macs'] / 1e6:.1f}"
 
 
-def _row(stage: str, record: dict, artifact: dict) -> dict:
-    """A table row; baselines (no delta, no speed-up of their own) read '–' and 1.00x."""
+_POINTS = {"top1", "top5", "top1_agreement", "cosine"}   # built-in metrics, in percent (points)
+
+# Short runtime names for narrow tables (the console's), explained in a legend under the table.
+RUNTIMES = {"torch": ("PT", "torch"), "onnxruntime": ("ORT", "ONNX Runtime"), "openvino": ("OV", "OpenVINO")}
+
+
+def _row(stage: str, record: dict, artifact: dict, baseline: bool = False) -> dict:
+    """A table row; baselines (no delta, no speed-up of their own) read '–' and 1.00x.
+    `metric` is name and value in one cell; `metric_name` and `metric_value` are the two parts."""
     compared = "delta" in record["primary"]
     delta = f"{record['primary']['delta']:+.2f}" if compared else "–"
     speedup = f"{record['speedup']['vs_fp32_same_runtime']:.2f}x" if compared else "1.00x"
-    return {"stage": stage, "artifact": artifact["type"], "runtime": record["runtime"],
+    value = record.get("primary", {}).get("value")
+    return {"stage": stage, "baseline": baseline, "artifact": artifact["type"], "runtime": record["runtime"],
             "precision": artifact["precision"], "metric": _metric_cell(record), "delta": delta,
+            "metric_name": record.get("primary", {}).get("name"),
+            "metric_value": _fmt(value, 2) if record.get("primary", {}).get("name") in _POINTS else
+                            ("–" if value is None else f"{value:.4g}"),
             "agreement": _agreement_cell(record), "p50": _fmt(record["latency"]["p50_ms"], 3),
             "p99": _fmt(record["latency"]["p99_ms"], 3), "speedup": speedup,
             "size": _fmt(artifact.get("size_mb"), 3), "params": record.get("params"), "macs": _mmacs(record)}
@@ -53,7 +64,8 @@ def rows(report: dict) -> list[dict]:
     """One row per FP32 baseline and per stage, in the order a reader wants them."""
     out = []
     for name, base in report["baselines"].items():
-        out.append(_row(f"fp32 {name}", {**base, "runtime": name}, {**base["artifact"], "precision": "fp32"}))
+        out.append(_row(f"fp32 {name}", {**base, "runtime": name}, {**base["artifact"], "precision": "fp32"},
+                        baseline=True))
     for stage in report["stages"]:
         for name, point in stage["details"].get("checkpoints", {}).items():   # e.g. QAT's PTQ start
             out.append(_row(f"{stage['name']}: {name}", point,

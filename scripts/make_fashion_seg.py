@@ -213,7 +213,8 @@ def main() -> int:
         for s in range(steps_per_epoch):
             sl = slice(s * args.batch_size, (s + 1) * args.batch_size)
             out = model(normalise(xs[sl]))
-            loss = F.cross_entropy(out["masks"], ms[sl]) + 0.5 * F.binary_cross_entropy_with_logits(out["presence"], ps[sl])
+            loss = (F.cross_entropy(out["masks"], ms[sl])
+                    + 0.5 * F.binary_cross_entropy_with_logits(out["presence"], ps[sl]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

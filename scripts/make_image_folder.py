@@ -24,7 +24,7 @@ def main() -> None:
     for label, name in enumerate(CLASSES):
         folder = args.out / f"{label}-{name}"
         folder.mkdir(parents=True, exist_ok=True)
-        for n, index in enumerate(np.flatnonzero(y == label)[: args.per_class]):
+        for index in np.flatnonzero(y == label)[: args.per_class]:
             Image.fromarray(x[index, 0]).save(folder / f"{index:05d}.png", optimize=True)
     print(f"wrote {args.per_class * len(CLASSES)} images to {args.out}")
 

@@ -25,7 +25,8 @@ def paragraphs(module_names: list[str]) -> list[str]:
     for name in module_names:
         module = importlib.import_module(name)
         for _, obj in [(name, module), *inspect.getmembers(module)]:
-            doc = inspect.getdoc(obj) if (inspect.isclass(obj) or inspect.isfunction(obj) or inspect.ismodule(obj)) else None
+            documented = inspect.isclass(obj) or inspect.isfunction(obj) or inspect.ismodule(obj)
+            doc = inspect.getdoc(obj) if documented else None
             for para in (doc or "").split("\n\n"):
                 text = " ".join(para.split())
                 if len(text) >= 24 and text not in found:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_fashion_cnn import balanced_subset, load_split  # noqa: E402
+from train_fashion_cnn import balanced_subset, load_split
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
 

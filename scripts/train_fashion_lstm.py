@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_fashion_cnn import DEFAULT_DATA_DIR, accuracy, load_split, normalise  # noqa: E402
+from train_fashion_cnn import DEFAULT_DATA_DIR, accuracy, load_split, normalise
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_FILE = REPO_ROOT / "recipes" / "models" / "fashion_lstm.py"

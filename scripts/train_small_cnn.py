@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_fashion_cnn import accuracy, load_model_class, normalise  # noqa: E402
+from train_fashion_cnn import accuracy, load_model_class, normalise
 
 DATA = Path(__file__).resolve().parent.parent / "calibration_data"
 

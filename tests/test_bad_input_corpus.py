@@ -233,6 +233,7 @@ def _check(spec: Case, result: subprocess.CompletedProcess, out: Path) -> None:
         assert not leftovers, f"looks complete or left temp files: {leftovers}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_bad_input(results, case):
     spec, result, out = results[case]

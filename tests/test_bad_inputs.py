@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import copy
-
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import CALIB, FACTORY, ROOT, cli, fashion_recipe, write_recipe
+from conftest import CALIB, FACTORY, cli, fashion_recipe, write_recipe
+
+pytestmark = pytest.mark.slow   # every test runs a pipeline or the CLI
 
 GOOD_STAGES = [{"type": "quantize", "backend": "openvino"}, {"type": "compile", "target": "x86-cpu-openvino"}]
 
@@ -47,7 +48,8 @@ def _broken(tmp: Path, case: str) -> Path:
             np.savez(tmp / "eval.npz", x=f["x"][:50], y=f["y"][:50] + 5)
         recipe["data"]["eval"] = {"path": str(tmp / "eval.npz")}
     elif case == "chain mismatch":
-        recipe["stages"] = [{"type": "quantize", "backend": "openvino"}, {"type": "compile", "target": "x86-cpu-onnxruntime"}]
+        recipe["stages"] = [{"type": "quantize", "backend": "openvino"},
+                            {"type": "compile", "target": "x86-cpu-onnxruntime"}]
     elif case == "unknown target":
         recipe["stages"][1]["target"] = "jetson-orin-trt"
     elif case == "nan in calibration data":
@@ -86,7 +88,7 @@ def test_bad_input_exits_2_with_one_clear_line(tmp, case):
     result = cli("run", recipe, "--out", runs)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
-    error_lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1 and CASES[case] in result.stderr.replace("\n", " "), result.stderr
     assert not list(runs.glob("*/report.json"))   # nothing that looks complete
 

@@ -28,8 +28,10 @@ def _text_recipe(stages: list[dict]) -> dict:
     return _shipped(RECIPE, stages, 96)
 
 
+@pytest.mark.slow
 def test_dynamic_onnxruntime_on_a_transformer_with_int64_inputs(tmp):
-    result = compress.run(_text_recipe([{"type": "export"}, {"type": "quantize", "mode": "dynamic", "backend": "onnxruntime"}]),
+    result = compress.run(_text_recipe([{"type": "export"},
+                                        {"type": "quantize", "mode": "dynamic", "backend": "onnxruntime"}]),
                           out=tmp, base_dir=RECIPE.parent)
     quant = result.stages[-1]
     assert quant["artifact"]["precision"] == "int8" and quant["details"]["mode"] == "dynamic"
@@ -38,6 +40,7 @@ def test_dynamic_onnxruntime_on_a_transformer_with_int64_inputs(tmp):
     assert result.report["model"]["inputs"][0]["dtype"] == "int64"
 
 
+@pytest.mark.slow
 def test_dynamic_openvino_weight_compression(tmp):
     result = compress.run(_text_recipe([{"type": "quantize", "mode": "dynamic", "backend": "openvino"}]),
                           out=tmp, base_dir=RECIPE.parent)
@@ -49,16 +52,20 @@ def test_dynamic_openvino_weight_compression(tmp):
     assert quant["artifact"]["size_mb"] < fp32_size / 3   # INT8 weights
 
 
+@pytest.mark.slow
 def test_weight_compression_ignoring_an_unknown_node_is_exit_2_at_the_ignore_list(tmp):
-    recipe = fashion_recipe([{"type": "quantize", "mode": "dynamic", "backend": "openvino", "ignore": ["no_such_node"]}])
+    recipe = fashion_recipe([{"type": "quantize", "mode": "dynamic", "backend": "openvino",
+                              "ignore": ["no_such_node"]}])
     result = cli("run", write_recipe(tmp, recipe), "--out", tmp / "runs", "-q")
     text = " ".join(result.stderr.split())
     assert result.returncode == 2 and "Traceback" not in result.stderr, text
     assert "stages[0].ignore" in text and "NNCF rejected the settings" in text and "no_such_node" in text
 
 
+@pytest.mark.slow
 def test_model_with_nothing_to_quantize_fails_with_exit_3(tmp):
-    (tmp / "net.py").write_text("import torch\n\ndef build():\n    return torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Flatten())\n")
+    (tmp / "net.py").write_text("import torch\n\n"
+                                "def build():\n    return torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Flatten())\n")
     recipe = fashion_recipe([{"type": "export"}, {"type": "quantize", "mode": "dynamic", "backend": "onnxruntime"}])
     recipe["model"] = {"source": "python", "factory": "net.py:build", "input": {"shape": [1, 1, 28, 28]}}
     result = cli("run", write_recipe(tmp, recipe), "--out", tmp / "runs", "-q")
@@ -66,6 +73,7 @@ def test_model_with_nothing_to_quantize_fails_with_exit_3(tmp):
     assert "quantized no layer" in result.stderr
 
 
+@pytest.mark.slow
 def test_dtype_mismatch_between_recipe_and_data_is_exit_2(tmp):
     with np.load(ROOT / "calibration_data" / "text_eval.npz") as f:
         np.savez(tmp / "floats.npz", input_ids=f["input_ids"].astype(np.float32), attention_mask=f["attention_mask"])
@@ -91,6 +99,7 @@ def _lstm_recipe(stages: list[dict]) -> dict:
     return _shipped(LSTM_RECIPE, stages, 400)
 
 
+@pytest.mark.slow
 def test_lstm_on_image_rows_quantizes_the_recurrence_on_onnxruntime(tmp):
     import onnx
 
@@ -104,6 +113,7 @@ def test_lstm_on_image_rows_quantizes_the_recurrence_on_onnxruntime(tmp):
     assert abs(quant["primary"]["delta"]) <= 1.0
 
 
+@pytest.mark.slow
 def test_lstm_on_openvino_says_how_little_became_int8(tmp):
     result = compress.run(_lstm_recipe([{"type": "quantize", "mode": "dynamic", "backend": "openvino"}]),
                           out=tmp, base_dir=LSTM_RECIPE.parent)
@@ -112,6 +122,7 @@ def test_lstm_on_openvino_says_how_little_became_int8(tmp):
     assert any("LSTMSequence weights stay FP32" in n for n in quant["notes"])
 
 
+@pytest.mark.slow
 def test_torch_backend_keeps_a_torch_model_with_int8_linear_layers(tmp):
     recipe = _text_recipe([{"type": "quantize", "mode": "dynamic", "backend": "torch"}])
     result = compress.run(recipe, out=tmp, base_dir=RECIPE.parent)
@@ -122,13 +133,15 @@ def test_torch_backend_keeps_a_torch_model_with_int8_linear_layers(tmp):
     assert (result.run_dir / "stages" / "01-quantize" / "quantization.json").is_file()
     again = compress.run(recipe, out=tmp, base_dir=RECIPE.parent)      # reloaded from the state_dict
     assert again.stages[0]["cached"] == "cache"
-    assert again.stages[0]["agreement"]["embedding"]["cosine"] == pytest.approx(quant["agreement"]["embedding"]["cosine"])
+    cosine = quant["agreement"]["embedding"]["cosine"]
+    assert again.stages[0]["agreement"]["embedding"]["cosine"] == pytest.approx(cosine)
 
 
 def test_torch_backend_cannot_be_exported_and_is_dynamic_only(tmp):
     from compress.errors import ChainError
 
     with pytest.raises(ChainError, match="torchao"):
-        compress.validate(_text_recipe([{"type": "quantize", "mode": "dynamic", "backend": "torch"}, {"type": "export"}]))
+        compress.validate(_text_recipe([{"type": "quantize", "mode": "dynamic", "backend": "torch"},
+                                        {"type": "export"}]))
     with pytest.raises(RecipeError, match="mode dynamic only"):
         parse_recipe(_text_recipe([{"type": "quantize", "backend": "torch"}]))

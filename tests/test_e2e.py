@@ -16,6 +16,8 @@ from compress.recipe import ModelConfig
 
 from conftest import FACTORY, ROOT, WEIGHTS, cli, fashion_recipe, write_recipe
 
+pytestmark = pytest.mark.slow   # every test runs a pipeline or the CLI
+
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -29,7 +31,7 @@ def quickstart(tmp_path_factory):
 
 
 def test_quickstart_runs_and_passes_its_gates(quickstart):
-    result, out = quickstart
+    result, _ = quickstart
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)          # --json: stdout is the report and nothing else
     assert report["schema_version"] == 2 and report["passed"]
@@ -120,7 +122,8 @@ def test_ort_scheme_is_chosen_by_measured_agreement_without_vnni(tmp, monkeypatc
     result = compress.run(recipe, out=tmp / "runs")
     details = result.stages[-1]["details"]
     assert set(details["scheme_candidates"]) == {"u8s8", "u8s8_reduce_range", "s8s8"}
-    best = max(details["scheme_candidates"].values(), key=lambda r: (round(r["top1_agreement"], 1), round(r["cosine"], 4)))
+    best = max(details["scheme_candidates"].values(),
+               key=lambda r: (round(r["top1_agreement"], 1), round(r["cosine"], 4)))
     assert details["scheme_candidates"][details["scheme"]] == best
     assert "lacks VNNI" in details["scheme_reason"]
     assert "ORT scheme" in (result.run_dir / "report.md").read_text()
@@ -162,7 +165,8 @@ def test_vision_transformer_converts_to_openvino_although_tracing_sanity_checks_
     # made ov.convert_model fail; compress traces without that check instead.
     (tmp / "vit.py").write_text(TINY_VIT)
     recipe = fashion_recipe([{"type": "quantize", "backend": "openvino"}], metric={"primary": "top1_agreement"})
-    recipe["model"] = {"source": "python", "factory": str(tmp / "vit.py") + ":tiny_vit", "input": {"shape": [1, 1, 28, 28]}}
+    recipe["model"] = {"source": "python", "factory": str(tmp / "vit.py") + ":tiny_vit",
+                       "input": {"shape": [1, 1, 28, 28]}}
     result = compress.run(recipe, out=tmp / "runs")
     stage = result.stages[0]
     assert stage["runtime"] == "openvino" and stage["artifact"]["precision"] == "int8"
@@ -179,7 +183,8 @@ def fashion_onnx(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("stages, runtime", [
-    ([{"type": "quantize", "backend": "onnxruntime"}, {"type": "compile", "target": "x86-cpu-onnxruntime"}], "onnxruntime"),
+    ([{"type": "quantize", "backend": "onnxruntime"}, {"type": "compile", "target": "x86-cpu-onnxruntime"}],
+     "onnxruntime"),
     ([{"type": "quantize", "backend": "openvino"}, {"type": "compile", "target": "x86-cpu-openvino"}], "openvino"),
 ])
 def test_ptq_directly_on_an_onnx_file(tmp, fashion_onnx, stages, runtime):

@@ -44,7 +44,8 @@ BASES = [
     {   # ONNX Runtime chain, two inputs, image-folder transform keys
         "name": "fuzz-ort",
         "model": {"source": "torchvision", "name": "resnet18",
-                  "inputs": [{"name": "a", "shape": [2, 3, 224, 224]}, {"name": "b", "shape": [2, 4], "dtype": "int64"}],
+                  "inputs": [{"name": "a", "shape": [2, 3, 224, 224]},
+                             {"name": "b", "shape": [2, 4], "dtype": "int64"}],
                   "outputs": ["logits"]},
         "data": {"calibration": {"path": "images/", "samples": 10},
                  "transform": {"resize": 256, "center_crop": 224, "mean": [0.485, 0.456, 0.406],
@@ -66,7 +67,8 @@ BASES = [
 # ---------------------------------------------------------------- strategies
 INTERESTING = [None, True, False, 0, -1, 1, 2**31, 2**63, 10**30, -10**30, 0.5, -0.0, math.nan, math.inf, -math.inf,
                "", " ", "x" * 2000, "\x00", "../" * 50, "~nobody/x.yaml", "a.yaml", "\x00.yaml", "x" * 300 + ".yaml",
-               "../calibration_data/fashion_cnn.pt.yaml", "../calibration_data/fashion_mnist_calib.npz", "recipes.yaml", "type", "quantize", "[]", "{}",
+               "../calibration_data/fashion_cnn.pt.yaml", "../calibration_data/fashion_mnist_calib.npz", "recipes.yaml",
+               "type", "quantize", "[]", "{}",
                [], {}, [None], {"": None}, {"type": None}, datetime.date(2020, 1, 1), b"\x00\xff"]
 scalars = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40)
            | st.sampled_from(INTERESTING) | st.dates())
@@ -80,10 +82,10 @@ def _paths(obj, prefix=()):
     yield prefix
     if isinstance(obj, dict):
         for key, value in obj.items():
-            yield from _paths(value, prefix + (key,))
+            yield from _paths(value, (*prefix, key))
     elif isinstance(obj, list):
         for i, value in enumerate(obj):
-            yield from _paths(value, prefix + (i,))
+            yield from _paths(value, (*prefix, i))
 
 
 @st.composite
@@ -143,7 +145,7 @@ def _edit(text: str, data) -> str:
             break
         i = data.draw(st.integers(0, len(chars) - 1))
         op = data.draw(st.sampled_from(["delete", "insert", "replace"]))
-        special = st.sampled_from(list(":-[]{},#&*!|>'\"%@`?\t\n ") + ["\x00", "\ufeff", "\x85", "  ", "- ", ": "])
+        special = st.sampled_from([*":-[]{},#&*!|>'\"%@`?\t\n ", "\x00", "\ufeff", "\x85", "  ", "- ", ": "])
         if op == "delete":
             del chars[i]
         elif op == "insert":

@@ -27,8 +27,8 @@ def test_python_factory_with_state_dict():
 
 
 def test_torchvision_by_name_without_weights_is_flagged():
-    artifact, spec = load_model(cfg(source="torchvision", name="mobilenet_v3_small", kwargs={"num_classes": 7},
-                                    input={"shape": [1, 3, 64, 64]}), ROOT)
+    artifact, _ = load_model(cfg(source="torchvision", name="mobilenet_v3_small", kwargs={"num_classes": 7},
+                                 input={"shape": [1, 3, 64, 64]}), ROOT)
     assert "random initial weights" in artifact.notes[0]
     assert artifact.module.classifier[-1].out_features == 7
 
@@ -39,7 +39,7 @@ def test_torchvision_typo_suggests_name():
 
 
 def test_factory_not_found_lists_callables():
-    with pytest.raises(ModelError, match="'FashionCN' not found.*Did you mean 'FashionCNN'"):
+    with pytest.raises(ModelError, match=r"'FashionCN' not found.*Did you mean 'FashionCNN'"):
         load_model(cfg(source="python", factory=FACTORY.replace("FashionCNN", "FashionCN")), ROOT)
 
 
@@ -113,7 +113,7 @@ def test_in_memory_module_and_multi_output_names():
         def forward(self, x):
             return {"logits": x.flatten(1)[:, :10], "embedding": x.mean((2, 3))}
 
-    artifact, spec = load_model(cfg(source="python", factory="x.py:y"), ROOT, module=Two())
+    _, spec = load_model(cfg(source="python", factory="x.py:y"), ROOT, module=Two())
     assert spec.outputs == ["logits", "embedding"]
     feeds = spec.dummy(batch=3)
     assert feeds["input"].shape == (3, 1, 28, 28) and feeds["input"].dtype == np.float32

@@ -22,6 +22,7 @@ def _recipe(stages, **kw) -> dict:
     return recipe
 
 
+@pytest.mark.slow
 def test_channel_pruning_shrinks_the_model_and_chains_into_int8(tmp):
     recipe = _recipe([{"type": "prune", "ratio": 0.5, "ignore": ["classifier"]},
                       {"type": "quantize", "backend": "openvino", "samples": 64}])
@@ -40,6 +41,7 @@ def test_channel_pruning_shrinks_the_model_and_chains_into_int8(tmp):
     assert again.stages[0]["primary"]["value"] == pytest.approx(prune["primary"]["value"])
 
 
+@pytest.mark.slow
 def test_unstructured_and_2_4_sparsity_say_they_do_not_speed_up_dense_runtimes(tmp):
     result = compress.run(_recipe([{"type": "prune", "method": "unstructured", "ratio": 0.6, "scope": "global",
                                     "name": "sparse"}]), out=tmp)
@@ -54,6 +56,7 @@ def test_unstructured_and_2_4_sparsity_say_they_do_not_speed_up_dense_runtimes(t
     assert "features.0.0" in result.stages[0]["details"]["skipped_not_multiple_of_4"]   # 1x3x3 = 9 inputs
 
 
+@pytest.mark.slow
 def test_macs_budget_is_met_iteratively(tmp):
     result = compress.run(_recipe([{"type": "prune", "target": {"macs": 0.5}, "steps": 8}]), out=tmp)
     budget = result.stages[0]["details"]["budget"]
@@ -61,6 +64,7 @@ def test_macs_budget_is_met_iteratively(tmp):
     assert result.passed
 
 
+@pytest.mark.slow
 def test_budget_that_cannot_be_met_exits_3_with_the_best_result(tmp):
     recipe = _recipe([{"type": "prune", "target": {"speedup": 500}, "steps": 2, "max_ratio": 0.5},
                       {"type": "export"}])
@@ -71,6 +75,7 @@ def test_budget_that_cannot_be_met_exits_3_with_the_best_result(tmp):
     assert json.loads(report.read_text())["stages"][0]["details"]["budget"]["runtime"] == "onnxruntime"
 
 
+@pytest.mark.slow
 def test_finetune_with_distillation_and_sensitivity_scan(tmp):
     recipe = _recipe([{"type": "prune", "ratio": 0.5, "ignore": ["classifier"],
                        "sensitivity": {"ratios": [0.5], "samples": 64},
@@ -88,6 +93,7 @@ def test_finetune_with_distillation_and_sensitivity_scan(tmp):
     assert (result.run_dir / "sensitivity-prune.svg").read_text().startswith("<svg")
 
 
+@pytest.mark.slow
 def test_segmentation_model_keeps_its_output_heads_and_the_scan_uses_the_recipe_metric(tmp):
     import yaml
 
@@ -127,6 +133,7 @@ def test_finetune_without_train_data_fails_before_compute():
         compress.validate(_recipe([{"type": "prune", "ratio": 0.3, "finetune": {"epochs": 1}}]))
 
 
+@pytest.mark.slow
 def test_ignore_naming_a_missing_module_is_exit_2(tmp):
     recipe = _recipe([{"type": "prune", "ratio": 0.3, "ignore": ["clasifier"]}])
     result = cli("run", write_recipe(tmp, recipe), "--out", tmp / "runs")
@@ -167,9 +174,20 @@ class HardCoded(torch.nn.Module):   # the channel count is baked into a view
 
     def forward(self, x):
         return self.head(self.body(self.stem(x).relu()).relu().view(-1, 32 * 25))
+
+
+class Deeper(Net):   # Net with a plain conv after the raw-parameter layer: what is left to prune
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Conv2d(16, 32, 3, padding=1)
+        self.head = torch.nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.head(self.body(self.custom(self.stem(x).relu()).relu()).relu().mean((2, 3)))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("factory, named", [("Net", "layer 'custom' uses raw parameter(s) custom.weight"),
                                             ("HardCoded", "hard-coded channel count")])
 def test_model_torch_pruning_cannot_trace_is_one_clear_error_naming_the_layer(tmp, factory, named):
@@ -184,12 +202,74 @@ def test_model_torch_pruning_cannot_trace_is_one_clear_error_naming_the_layer(tm
     assert not (run_dir / "stages" / "01-prune").exists() and not (run_dir / "report.json").exists()
 
 
-def test_the_suggested_ignore_list_makes_the_raw_parameter_model_prunable(tmp):
+def _raw_parameter_recipe(tmp, factory: str, ignore: list[str], drop: float) -> dict:
     (tmp / "odd.py").write_text(RAW_PARAMETER_MODEL)
-    recipe = _recipe([{"type": "prune", "ratio": 0.5, "ignore": ["stem", "custom", "head"]}])
-    recipe["model"] = {"source": "python", "factory": f"{tmp / 'odd.py'}:Net", "input": {"shape": [1, 1, 28, 28]}}
+    recipe = _recipe([{"type": "prune", "ratio": 0.5, "ignore": ignore, "gates": {"max_accuracy_drop": drop}}])
+    recipe["model"] = {"source": "python", "factory": f"{tmp / 'odd.py'}:{factory}", "input": {"shape": [1, 1, 28, 28]}}
     recipe["metric"] = {"primary": "cosine"}
-    assert compress.run(recipe, out=tmp).passed
+    return recipe
+
+
+def _reference_state(recipe: dict, tmp) -> dict:
+    """The weights the run started from (the factory under the recipe's seed)."""
+    from compress.models import load_model
+
+    parsed = parse_recipe(recipe)
+    return load_model(parsed.model, tmp, parsed.seed)[0].module.state_dict()
+
+
+@pytest.mark.slow
+def test_the_suggested_ignore_list_makes_the_raw_parameter_model_prunable(tmp):
+    # the error above says: add 'custom' and the layer that feeds it to `ignore:`. With that list,
+    # the plain conv after them is pruned; the ignored layers and the output head (kept by itself) are not.
+    recipe = _raw_parameter_recipe(tmp, "Deeper", ["stem", "custom"], drop=10.0)
+    result = compress.run(recipe, out=tmp)
+    stage = result.stages[0]
+    d = stage["details"]
+    assert d["ignored"] == ["stem", "custom", "head"]
+    before = _reference_state(recipe, tmp)
+    after = torch.load(result.run_dir / stage["artifact"]["path"], weights_only=True)
+    assert {k: tuple(v.shape) for k, v in after.items()} == {
+        "stem.weight": (16, 1, 3, 3), "stem.bias": (16,), "custom.weight": (16, 16, 3, 3),
+        "body.weight": (16, 16, 3, 3), "body.bias": (16,), "head.weight": (10, 16), "head.bias": (10,)}
+    for name in ("stem.weight", "stem.bias", "custom.weight", "head.bias"):
+        assert torch.equal(after[name], before[name]), name
+    # body keeps 16 of its 32 filters unchanged, in order; the head keeps the matching input columns
+    kept = [next(i for i in range(32) if torch.equal(row, before["body.weight"][i])) for row in after["body.weight"]]
+    assert kept == sorted(kept)
+    assert torch.equal(after["body.bias"], before["body.bias"][kept])
+    assert torch.equal(after["head.weight"], before["head.weight"][:, kept])
+    # params: stem 160 + custom 2304 + body 4640 -> 2320 + head 330 -> 170
+    assert (d["params_before"], d["params_after"], d["params"], stage["params"]) == (7434, 4954, 4954, 4954)
+    assert result.report["reference"]["params"] == 7434 and result.report["reference"]["macs"] == d["macs_before"]
+    assert d["macs"] == d["macs_after"] == stage["macs"] < 0.55 * d["macs_before"]
+    assert d["steps"] == [{"step": 1, "macs": d["macs"], "macs_fraction": d["macs"] / d["macs_before"], "params": 4954}]
+    cosine = stage["primary"]
+    assert cosine["name"] == "cosine" and 80.0 < cosine["value"] < 99.99   # pruned: close to, not equal to, FP32
+    (gate,) = result.report["gates"]
+    assert gate["gate"] == "prune.max_accuracy_drop" and gate["passed"]
+    assert gate["value"] == pytest.approx(100.0 - cosine["value"], abs=1e-4)
+    assert result.passed
+
+
+@pytest.mark.slow
+def test_a_model_with_every_prunable_layer_ignored_comes_out_unchanged(tmp):
+    # Net has nothing left once the suggested list is ignored: the stage runs and changes nothing
+    recipe = _raw_parameter_recipe(tmp, "Net", ["stem", "custom"], drop=0.0)
+    result = compress.run(recipe, out=tmp)
+    stage = result.stages[0]
+    d = stage["details"]
+    assert d["ignored"] == ["stem", "custom", "head"]
+    before = _reference_state(recipe, tmp)
+    after = torch.load(result.run_dir / stage["artifact"]["path"], weights_only=True)
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert d["params"] == d["params_before"] == 2634
+    assert d["macs"] == d["macs_before"] == result.report["reference"]["macs"]
+    assert stage["primary"]["value"] == pytest.approx(100.0)
+    (gate,) = result.report["gates"]
+    assert gate["gate"] == "prune.max_accuracy_drop" and gate["passed"]
+    assert gate["value"] == pytest.approx(0.0, abs=1e-4)
+    assert result.passed
 
 
 SMALL_ARCHITECTURES = """
@@ -220,13 +300,15 @@ def swin():        # shifted-window attention, which Torch-Pruning's graph build
 def _architecture(tmp, factory, stages):
     (tmp / "arch.py").write_text(SMALL_ARCHITECTURES)
     recipe = _recipe(stages)
-    recipe["model"] = {"source": "python", "factory": f"{tmp / 'arch.py'}:{factory}", "input": {"shape": [1, 3, 32, 32]}}
+    recipe["model"] = {"source": "python", "factory": f"{tmp / 'arch.py'}:{factory}",
+                       "input": {"shape": [1, 3, 32, 32]}}
     recipe["data"] = {"calibration": {"path": str(ROOT / "calibration_data/fashion_png"), "samples": 8},
                       "eval": {"path": str(ROOT / "calibration_data/fashion_png"), "samples": 8}, "batch_size": 8}
     recipe["metric"] = {"primary": "cosine"}
     return recipe
 
 
+@pytest.mark.slow
 def test_a_per_channel_raw_parameter_is_pruned_along_its_channels(tmp):
     import importlib.util
 
@@ -246,6 +328,7 @@ def test_a_per_channel_raw_parameter_is_pruned_along_its_channels(tmp):
     assert pruned(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("factory, fragments", [
     # channel shuffle: Torch-Pruning's graph build fails on the view; `ignore:` cannot route around it
     ("shufflenet", ["cannot build its dependency graph", "view op after layer 'stage", "`ignore:` does not help"]),

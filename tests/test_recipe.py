@@ -9,7 +9,7 @@ import compress
 from compress.errors import ChainError, RecipeError
 from compress.recipe import load_recipe, parse_recipe
 
-from conftest import ROOT, fashion_recipe, write_recipe
+from conftest import ROOT, fashion_recipe
 
 
 def _error(tmp: Path, text: str) -> str:
@@ -79,7 +79,8 @@ def test_model_section_errors(model, fragment):
 
 
 def test_duplicate_stage_names():
-    recipe = fashion_recipe([{"type": "export", "name": "a"}, {"type": "compile", "target": "x86-cpu-onnxruntime", "name": "a"}])
+    recipe = fashion_recipe([{"type": "export", "name": "a"},
+                             {"type": "compile", "target": "x86-cpu-onnxruntime", "name": "a"}])
     with pytest.raises(RecipeError, match="used twice"):
         parse_recipe(recipe)
 
@@ -87,7 +88,7 @@ def test_duplicate_stage_names():
 def test_absurd_sample_count_is_refused():
     recipe = fashion_recipe([{"type": "export"}])
     recipe["data"]["calibration"]["samples"] = 10**9
-    with pytest.raises(RecipeError, match="data.calibration.samples"):
+    with pytest.raises(RecipeError, match=r"data\.calibration\.samples"):
         parse_recipe(recipe)
 
 
@@ -101,7 +102,7 @@ def test_chain_check_names_stage_and_fix():
 def test_chain_openvino_artifact_cannot_go_to_onnxruntime_target():
     recipe = fashion_recipe([{"type": "quantize", "backend": "openvino"},
                              {"type": "compile", "target": "x86-cpu-onnxruntime"}])
-    with pytest.raises(ChainError, match="stages\\[1\\].*OpenVinoModel"):
+    with pytest.raises(ChainError, match=r"stages\[1\].*OpenVinoModel"):
         compress.validate(recipe)
 
 

@@ -14,6 +14,8 @@ from compress.errors import InputError
 
 from conftest import ROOT, cli, fashion_recipe, write_recipe
 
+pytestmark = pytest.mark.slow   # every test runs a pipeline or the CLI
+
 RECIPES = ROOT / "recipes"
 SEG_DATA = ROOT / "calibration_data"
 

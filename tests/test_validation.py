@@ -10,10 +10,9 @@ from compress.models import ModelSpec
 from compress.pipeline import evaluate_gates
 from compress.recipe import DataSource, InputSpec, Transform, parse_recipe
 from compress.runtimes import Session
-from compress.validation import (Agreement, default_primary, evaluate, machine_info, measure_latency,
-                                 primary_metric)
+from compress.validation import Agreement, default_primary, evaluate, machine_info, measure_latency, primary_metric
 
-from conftest import ROOT, fashion_recipe
+from conftest import fashion_recipe
 
 
 def _dataset(tmp, x, y=None):
@@ -60,12 +59,25 @@ def test_labels_out_of_range_are_a_data_error(tmp):
 
 
 def test_agreement_for_embeddings_uses_cosine():
-    agree = Agreement()
+    # [N, 1, 16] is an embedding, not class scores [N, C]: agreement is cosine and error, never top-1
+    # (argmax over a flattened embedding means nothing, and would read 100 here)
     ref = np.random.default_rng(1).standard_normal((5, 1, 16))
-    agree.update(ref * 2.0, ref)                     # scaled: cosine 1, error > 0
+    agree = Agreement()
+    agree.update(ref[:3] * 2.0, ref[:3])            # two batches: scaled, so cosine 1 and error |ref|
+    agree.update(ref[3:] * 2.0, ref[3:])
     result = agree.result()
-    assert "top1_agreement" not in result or result["top1_agreement"] == 100.0
-    assert result["cosine"] == pytest.approx(1.0) and result["max_abs_error"] > 0
+    assert set(result) == {"cosine", "cosine_min", "max_abs_error", "mse"}
+    assert result["cosine"] == pytest.approx(1.0) and result["cosine_min"] == pytest.approx(1.0)
+    assert result["max_abs_error"] == pytest.approx(np.abs(ref).max())
+    assert result["mse"] == pytest.approx(np.mean(ref ** 2))
+    # the primary metric of such a model is cosine, in points, and top-1 agreement is refused
+    assert default_primary(False, [ref]) == "cosine"
+    from compress.validation import EvalResult
+
+    evaluated = EvalResult(agreement={"embedding": result})
+    assert primary_metric(evaluated, ["embedding"], "cosine") == ("cosine", pytest.approx(100.0))
+    with pytest.raises(DataError, match="needs a first output of class scores"):
+        primary_metric(evaluated, ["embedding"], "top1_agreement")
 
 
 def test_default_primary_metric():
@@ -99,7 +111,8 @@ def test_gates_pass_and_fail_with_amounts():
     assert not gates["max_size_mb"]["passed"]
     reference, final = _records(92.0, 91.5, 1.5, 0.4)
     gates = {g["gate"]: g for g in evaluate_gates(recipe, final, reference)}
-    assert gates["max_accuracy_drop"]["passed"] and not gates["min_speedup"]["passed"] and gates["max_size_mb"]["passed"]
+    assert gates["max_accuracy_drop"]["passed"] and not gates["min_speedup"]["passed"]
+    assert gates["max_size_mb"]["passed"]
 
 
 def test_a_stage_gate_judges_that_stage_and_the_recipe_gate_the_last():
@@ -113,7 +126,8 @@ def test_a_stage_gate_judges_that_stage_and_the_recipe_gate_the_last():
               {**last, "name": "compile", "type": "compile", "details": {}}]
     gates = {g["gate"]: g for g in evaluate_gates(recipe, last, reference, stages)}
     assert set(gates) == {"export.max_accuracy_drop", "export.min_speedup", "max_accuracy_drop"}
-    assert not gates["export.max_accuracy_drop"]["passed"] and gates["export.max_accuracy_drop"]["value"] == pytest.approx(0.8)
+    assert not gates["export.max_accuracy_drop"]["passed"]
+    assert gates["export.max_accuracy_drop"]["value"] == pytest.approx(0.8)
     assert gates["export.max_accuracy_drop"]["detail"].startswith("after stage export: top1 dropped 0.80 points")
     assert gates["export.min_speedup"]["passed"] and gates["max_accuracy_drop"]["passed"]
 

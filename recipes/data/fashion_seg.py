@@ -14,8 +14,8 @@ file is read once per pass and streamed in `batch_size` slices, in file order.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 

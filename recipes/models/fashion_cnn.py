@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["FashionCNN", "MEAN", "STD"]
+__all__ = ["MEAN", "STD", "FashionCNN"]
 
 MEAN = 0.2860
 STD = 0.3530

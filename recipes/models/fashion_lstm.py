@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["FashionLSTM", "MEAN", "STD"]
+__all__ = ["MEAN", "STD", "FashionLSTM"]
 
 MEAN = 0.2860
 STD = 0.3530

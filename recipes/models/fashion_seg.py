@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["FashionSeg", "MEAN", "STD", "NUM_CLASSES"]
+__all__ = ["MEAN", "NUM_CLASSES", "STD", "FashionSeg"]
 
 MEAN = 0.2860
 STD = 0.3530
