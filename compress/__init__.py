@@ -23,8 +23,21 @@ __version__ = "0.1.0"
 
 # torch logs a CUDA warning when NNCF imports its extension loader on a CPU-only machine.
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-__all__ = ["run", "resume", "validate", "bench", "load", "Recipe", "CompressError", "InputError", "RecipeError",
-           "ModelError", "DataError", "ChainError", "StageError"]
+__all__ = [
+    "ChainError",
+    "CompressError",
+    "DataError",
+    "InputError",
+    "ModelError",
+    "Recipe",
+    "RecipeError",
+    "StageError",
+    "bench",
+    "load",
+    "resume",
+    "run",
+    "validate",
+]
 
 
 def load(recipe: str | Path | dict | Recipe, base_dir: str | Path | None = None) -> tuple[Recipe, Path]:

@@ -86,7 +86,7 @@ class OrtFormatModel(OnnxModel):
     def files(self) -> list[Path]:
         if self.path is None:
             return []
-        return [self.path] + sorted(self.path.parent.glob(f"{self.path.stem}.required_operators*.config"))
+        return [self.path, *sorted(self.path.parent.glob(f"{self.path.stem}.required_operators*.config"))]
 
 
 @dataclass

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import json
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -176,9 +175,9 @@ def _show_report(report: dict) -> None:
 
 @app.command()
 @_guard
-def run(recipe: Optional[Path] = typer.Argument(None, help="recipe .yaml"),
+def run(recipe: Path | None = typer.Argument(None, help="recipe .yaml"),
         out_dir: Path = typer.Option(Path("runs"), "--out", help="folder for run folders (and the stage cache, .cache/)"),
-        resume: Optional[Path] = typer.Option(None, "--resume", help="continue this killed run folder"),
+        resume: Path | None = typer.Option(None, "--resume", help="continue this killed run folder"),
         no_cache: bool = typer.Option(False, "--no-cache", help="recompute every stage"),
         as_json: bool = typer.Option(False, "--json", help="print report.json to stdout"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output")):

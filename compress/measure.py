@@ -14,8 +14,15 @@ from .inputs import Inputs
 from .recipe import Recipe
 from .runtimes import open_session, runtime_for
 from .stages import Resolved
-from .validation import EvalResult, default_primary, evaluate, latency_feeds, measure_latency, paired_latency, \
-    primary_metric
+from .validation import (
+    EvalResult,
+    default_primary,
+    evaluate,
+    latency_feeds,
+    measure_latency,
+    paired_latency,
+    primary_metric,
+)
 
 
 def param_count(artifact: Artifact) -> int | None:

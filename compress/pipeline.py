@@ -6,6 +6,7 @@ assembles and writes. This module plans the chain and runs the stage loop with t
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -37,10 +38,8 @@ LIBRARIES = ("compress", "torch", "torchvision", "onnx", "onnxruntime", "openvin
 def library_versions() -> dict[str, str]:
     versions = {}
     for name in LIBRARIES:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return versions
 
 

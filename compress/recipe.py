@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -51,7 +51,7 @@ class ModelConfig(Strict):
     outputs: list[str] | None = Field(None, min_length=1, description="output names, in model order")
 
     @model_validator(mode="after")
-    def _check(self) -> "ModelConfig":
+    def _check(self) -> ModelConfig:
         need = {"torchvision": "name", "python": "factory", "onnx": "path"}[self.source]
         if getattr(self, need) is None:
             raise ValueError(f"source '{self.source}' needs '{need}'")
@@ -87,7 +87,7 @@ class Transform(Strict):
     std: list[float] | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
-    def _check(self) -> "Transform":
+    def _check(self) -> Transform:
         if (self.mean is None) != (self.std is None):
             raise ValueError("give both 'mean' and 'std', or neither")
         if self.std is not None:
@@ -109,7 +109,7 @@ class DataSource(Strict):
     samples: int | None = Field(None, ge=1, le=MAX_SAMPLES, description="use at most this many samples")
 
     @model_validator(mode="after")
-    def _check(self) -> "DataSource":
+    def _check(self) -> DataSource:
         source = self.source or ("python" if self.factory is not None else "files")
         if source == "python":
             if self.factory is None or ":" not in self.factory:
@@ -177,7 +177,7 @@ class QuantizeConfig(StageBase):
                             "per-layer estimate that is quicker on very large models")
 
     @model_validator(mode="after")
-    def _check(self) -> "QuantizeConfig":
+    def _check(self) -> QuantizeConfig:
         if self.mode == "dynamic":
             for key, default in (("method", None), ("samples", None), ("preset", "performance"),
                                  ("bias_correction", "full")):
@@ -257,7 +257,7 @@ class PruneTarget(Strict):
     speedup: float | None = Field(None, gt=1, le=1000, description="at least this vs unpruned, on the target runtime")
 
     @model_validator(mode="after")
-    def _one(self) -> "PruneTarget":
+    def _one(self) -> PruneTarget:
         if sum(v is not None for v in (self.macs, self.latency_ms, self.speedup)) != 1:
             raise ValueError("give exactly one of macs, latency_ms, speedup")
         return self
@@ -286,7 +286,7 @@ class PruneConfig(StageBase):
     sensitivity: SensitivityConfig | None = Field(None, description="per-layer scan written into the report")
 
     @model_validator(mode="after")
-    def _check(self) -> "PruneConfig":
+    def _check(self) -> PruneConfig:
         if self.method == "2:4":
             if self.ratio is not None or self.target is not None:
                 raise ValueError("method '2:4' fixes the sparsity at 50%; drop 'ratio' and 'target'")
@@ -324,7 +324,7 @@ class QatConfig(StageBase):
     finetune: QatFinetune = Field(default_factory=QatFinetune)
 
     @model_validator(mode="after")
-    def _check(self) -> "QatConfig":
+    def _check(self) -> QatConfig:
         if self.freeze_bn_after is not None and self.fold_bn:
             raise ValueError("'freeze_bn_after' needs 'fold_bn: false' (folded BatchNorm has no statistics to freeze)")
         if self.backend == "tensorrt":
@@ -342,7 +342,7 @@ class QatConfig(StageBase):
         return self
 
 
-StageConfig = Annotated[Union[PruneConfig, QuantizeConfig, QatConfig, ExportConfig, CompileConfig],
+StageConfig = Annotated[PruneConfig | QuantizeConfig | QatConfig | ExportConfig | CompileConfig,
                         Field(discriminator="type")]
 STAGE_TYPES = ("prune", "quantize", "qat", "export", "compile")
 
@@ -368,7 +368,7 @@ class MetricConfig(Strict):
     higher_is_better: bool = True
 
     @model_validator(mode="after")
-    def _check(self) -> "MetricConfig":
+    def _check(self) -> MetricConfig:
         if self.function is None:
             if self.primary is not None and self.primary not in BUILTIN_METRICS:
                 raise ValueError(f"primary '{self.primary}' is not a built-in metric ({', '.join(BUILTIN_METRICS)}); "

@@ -98,7 +98,8 @@ def markdown(report: dict) -> str:
     if report["gates"]:
         lines += ["## Gates", "", "| gate | threshold | value | result | detail |", "|---|---|---|---|---|"]
         for g in report["gates"]:
-            lines.append(f"| {g['gate']} | {g['threshold']} | {g['value']} | {'pass' if g['passed'] else 'FAIL'} | {g['detail']} |")
+            verdict = "pass" if g["passed"] else "FAIL"
+            lines.append(f"| {g['gate']} | {g['threshold']} | {g['value']} | {verdict} | {g['detail']} |")
         lines.append("")
     for stage in report["stages"]:
         handler = handler_for_type(stage["type"])
@@ -162,7 +163,7 @@ def sensitivity_md(stage: dict) -> list[str]:
     for row in sorted(sens["layers"], key=lambda r: -max([d for d in r["drops"].values() if d is not None] + [0])):
         cells = ["n/a" if row["drops"].get(r) is None else f"{row['drops'][r]:.2f}" for r in ratios]
         lines.append(f"| {row['layer']} | {row['channels']} | " + " | ".join(cells) + " |")
-    return lines + [""]
+    return [*lines, ""]
 
 
 def assemble(*, recipe, plan, run_dir: Path, started: str, machine: dict, versions: dict, inputs, measurer,

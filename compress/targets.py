@@ -21,7 +21,9 @@ class TensorRTSettings(BaseModel):
     versions: str = Field(description="TensorRT versions the device runs, pip style, e.g. '>=10.3,<10.4'")
     jetpack: str | None = Field(None, description="JetPack release, e.g. '6.1' (Jetson only)")
     l4t: str | None = Field(None, description="L4T release, e.g. 'R36.4' (Jetson only)")
-    compute_capability: str | None = Field(None, pattern=r"^\d+\.\d+$", description="GPU compute capability, e.g. '8.7' (None: any GPU; the engine manifest pins the one it was built on)")
+    compute_capability: str | None = Field(
+        None, pattern=r"^\d+\.\d+$",
+        description="GPU compute capability, e.g. '8.7' (None: any GPU; the engine's manifest pins the one it was built on)")
     high_precision: Literal["fp16", "fp32"] = Field(
         "fp16", description="dtype of the layers left unquantized (strongly typed: the graph's own dtype)")
     dla_core: int | None = Field(None, ge=0, le=3, description="DLA core to build for (GPU fallback reported)")

@@ -14,7 +14,7 @@ QUANTIZATION = "quantization.json"
 
 
 def _plain(value) -> bool:
-    if isinstance(value, bool) or isinstance(value, int):
+    if isinstance(value, (bool, int)):
         return True
     return isinstance(value, (tuple, list)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
 

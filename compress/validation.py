@@ -1,4 +1,5 @@
-"""The one validation harness (`compress.validation`; `compress.validate` is the API function): task metric, agreement with the FP32 reference, latency, size.
+"""The one validation harness: task metric, agreement with the FP32 reference, latency, size.
+(`compress.validation`; `compress.validate` is the API function.)
 
 Every stage, every baseline and `compress bench` go through these functions, so their numbers
 are comparable: same data order, same batch, same latency protocol, threads pinned and recorded.
@@ -37,7 +38,7 @@ def machine_info() -> dict:
     model = platform.processor() or "unknown"
     try:
         with open("/proc/cpuinfo") as fh:
-            model = next((l.split(":", 1)[1].strip() for l in fh if l.startswith("model name")), model)
+            model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), model)
     except OSError:
         pass
     flags = cpu_flags()

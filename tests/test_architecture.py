@@ -19,7 +19,7 @@ from compress.artifacts import ARTIFACT_TYPES, OnnxModel, OpenVinoModel, TorchMo
 from compress.errors import ChainError, CompressError, InputError, RecipeError, StageError, backend_call
 from compress.runtimes import RUNTIMES, RuntimeSpec, for_suffix, for_target, register_runtime, runtime_for
 
-from conftest import ROOT, fashion_recipe, write_recipe
+from conftest import ROOT, fashion_recipe
 
 
 # ---------------------------------------------------------------- the table
@@ -147,21 +147,19 @@ def test_stage_key_holds_what_the_handler_reads_and_no_gate(tmp):
 
 # ---------------------------------------------------------------- backend_call
 def test_backend_call_keeps_the_library_frame_and_maps_settings_errors():
-    with pytest.raises(StageError) as info:
-        with backend_call("ORT quantization failed", where="stages[1]"):
-            {}["missing"]
+    with pytest.raises(StageError) as info, backend_call("ORT quantization failed", where="stages[1]"):
+        {}["missing"]
     assert info.value.render() == "stages[1]: ORT quantization failed: KeyError: 'missing'"
     assert isinstance(info.value.__cause__, KeyError)              # --debug shows where it came from
-    with pytest.raises(InputError) as info:
-        with backend_call("x", settings_errors=(ValueError,), settings_where="stages[0].ignore",
-                          rejected="NNCF rejected the settings"):
-            raise ValueError("node foo not found\nmore")
+    with pytest.raises(InputError) as info, backend_call("x", settings_errors=(ValueError,),
+                                                         settings_where="stages[0].ignore",
+                                                         rejected="NNCF rejected the settings"):
+        raise ValueError("node foo not found\nmore")
     assert info.value.render() == "stages[0].ignore: NNCF rejected the settings: node foo not found"
     assert info.value.exit_code == 2 and isinstance(info.value.__cause__, ValueError)
     for passthrough in (KeyboardInterrupt(), InputError("ours")):
-        with pytest.raises(type(passthrough)):
-            with backend_call("x"):
-                raise passthrough
+        with pytest.raises(type(passthrough)), backend_call("x"):
+            raise passthrough
 
 
 def test_no_backend_wrapper_hides_the_library_frame():
@@ -242,7 +240,7 @@ def test_compile_handler_alone_for_openvino(fashion_parts, tmp):
 def test_restore_round_trips_every_artifact_state(fashion_parts, tmp):
     from compress.runtimes import restore
 
-    _, inputs, fp32 = fashion_parts
+    _, _inputs, fp32 = fashion_parts
     ir = OpenVinoModel(path=tmp / "m.xml", precision="int8", inference_precision="bf16")
     back = restore(OpenVinoModel, ir.path, ir.state(), ["n"])
     assert (back.precision, back.inference_precision, back.notes) == ("int8", "bf16", ["n"])

@@ -9,8 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 import compress
 
 from conftest import ROOT, cli, fashion_recipe, write_recipe

@@ -6,9 +6,9 @@ images at a time; `.npy` files are memory-mapped.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -396,7 +396,7 @@ def open_dataset(src: DataSource, transform: Transform, spec: ModelSpec, *, base
     path = resolve_path(src.path, base_dir, where=f"{where}.path")
     if not path.exists():
         raise DataError(f"{path} does not exist", where=f"{where}.path", hint="Paths are relative to the recipe file.")
-    common = dict(where=where, spec=spec, transform=transform)
+    common = {"where": where, "spec": spec, "transform": transform}
     if path.is_dir():
         if len(spec.inputs) != 1 or len(spec.inputs[0].shape) != 4 or spec.inputs[0].shape[1] not in (1, 3):
             raise DataError("an image folder feeds one image input of shape [N, 1 or 3, H, W]", where=where)
@@ -405,7 +405,8 @@ def open_dataset(src: DataSource, transform: Transform, spec: ModelSpec, *, base
             raise DataError(f"{path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})", where=f"{where}.path")
         indices, notes = _select(len(files), src.samples, seed)
         if classes:
-            notes.append(f"{len(classes)} classes from subfolders: {', '.join(classes[:10])}{' ...' if len(classes) > 10 else ''}")
+            more = " ..." if len(classes) > 10 else ""
+            notes.append(f"{len(classes)} classes from subfolders: {', '.join(classes[:10])}{more}")
         return ImageFolderDataset(indices=indices, has_labels=labels is not None, total=len(files), notes=notes,
                                   files=files, file_labels=labels, **common)
     if path.suffix not in (".npz", ".npy"):

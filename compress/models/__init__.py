@@ -213,7 +213,8 @@ def _load_torch(cfg: ModelConfig, base_dir: Path, seed: int) -> tuple[TorchModel
         shapes = ", ".join(f"{s.name} {s.shape} {s.dtype}" for s in spec.inputs)
         first = first_line(exc)
         raise ModelError(f"the model does not accept the recipe's input ({shapes}): {first}",
-                         where="model.input", hint="Set model.input.shape (batch first) and dtype to what the model takes.") from exc
+                         where="model.input",
+                         hint="Set model.input.shape (batch first) and dtype to what the model takes.") from exc
     if not outs:
         raise ModelError("the model returned no tensors", where="model.factory")
     spec.outputs = _output_names(cfg, names, len(outs))

@@ -15,8 +15,8 @@ backend. A new runtime is one artifact class, one module and one `register_runti
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Callable
 
 import numpy as np
 

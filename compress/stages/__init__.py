@@ -8,9 +8,9 @@ is one config class in recipe.py and one module here.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from ..artifacts import Artifact
 from ..data import Dataset
@@ -122,7 +122,10 @@ def register(config_cls: type, accepts: Callable[[object, Target | None], dict[t
 
 
 def _load_all() -> None:
-    from . import compile as _compile, export as _export, prune as _prune, qat as _qat, quantize as _quantize  # noqa: F401
+    import importlib
+
+    for module in ("compile", "export", "prune", "qat", "quantize"):   # each registers its handler on import
+        importlib.import_module(f"{__name__}.{module}")
 
 
 def handler_for(config) -> Handler:
@@ -150,7 +153,7 @@ def output_type(config, input_type: type, target: Target | None, where: str) -> 
         if cls in table:
             return table[cls]
     takes = " or ".join(sorted(t.kind for t in table))
-    hint = "Add an `export` stage before it." if set(t.kind for t in table) == {"OnnxModel"} else None
+    hint = "Add an `export` stage before it." if {t.kind for t in table} == {"OnnxModel"} else None
     raise ChainError(f"a '{config.type}' stage{_detail(config, target)} takes {takes}, "
                      f"but the previous step produces {input_type.kind}", where=where, hint=hint)
 

@@ -11,7 +11,7 @@ from . import PlanState, StageContext, register
 
 def _accepts(cfg: CompileConfig, target: Target | None) -> dict[type, type]:
     entry = for_target(target.runtime, target.format)
-    return {cls: entry.artifact for cls in entry.compiles_from}
+    return dict.fromkeys(entry.compiles_from, entry.artifact)
 
 
 def _check(cfg: CompileConfig, state: PlanState) -> None:

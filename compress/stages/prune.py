@@ -8,7 +8,6 @@ import difflib
 import re
 import warnings
 
-
 from ..artifacts import TorchModel
 from ..errors import ChainError, InputError, ModelError, first_line
 from ..recipe import PruneConfig
@@ -348,7 +347,7 @@ def _sensitivity(cfg: PruneConfig, module, ctx: StageContext, heads: list) -> di
                 graph = tp.DependencyGraph().build_dependency(trial, example)
                 fn = tp.prune_conv_out_channels if isinstance(target, torch.nn.Conv2d) else tp.prune_linear_out_channels
                 scores = target.weight.detach().abs().reshape(target.weight.shape[0], -1).sum(1)
-                k = int(round(ratio * len(scores)))
+                k = round(ratio * len(scores))
                 if k == 0 or k >= len(scores):
                     continue
                 group = graph.get_pruning_group(target, fn, idxs=scores.argsort()[:k].tolist())

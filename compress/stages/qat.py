@@ -18,8 +18,7 @@ from ..convert import save_openvino, stamp_onnx, to_openvino, torch_to_onnx
 from ..errors import ChainError, InputError, backend_call
 from ..recipe import QatConfig
 from ..runtimes import count_ops
-from . import (PlanState, StageContext, add_checkpoint, finetune_notes, keep_last_good, quantized_nothing_gate,
-               register)
+from . import PlanState, StageContext, add_checkpoint, finetune_notes, keep_last_good, quantized_nothing_gate, register
 from .prune import _ignored
 from .quantize import CalibrationSamples, call_nncf
 

@@ -204,7 +204,8 @@ def _quantize_onnxruntime(cfg: QuantizeConfig, artifact: OnnxModel, ctx: StageCo
         if len(candidates) > 1:
             results[scheme] = _agreement(dst, fp32, feeds, threads)
     if len(candidates) > 1:
-        key = lambda s: (round(results[s].get("top1_agreement", 0.0), 1), round(results[s]["cosine"], 4))
+        def key(s):
+            return (round(results[s].get("top1_agreement", 0.0), 1), round(results[s]["cosine"], 4))
         chosen = max(candidates, key=key)  # ties keep the earlier (default) scheme
     else:
         chosen = candidates[0]
