@@ -327,16 +327,6 @@ class QatConfig(StageBase):
     def _check(self) -> QatConfig:
         if self.freeze_bn_after is not None and self.fold_bn:
             raise ValueError("'freeze_bn_after' needs 'fold_bn: false' (folded BatchNorm has no statistics to freeze)")
-        if self.backend == "tensorrt":
-            if self.mode != "static":
-                raise ValueError("backend 'tensorrt' is static INT8 (explicit QDQ from calibration)")
-            if self.method == "percentile":
-                raise ValueError("method 'percentile' is not offered by ModelOpt; use minmax (its 'max') or entropy")
-            if self.scheme != "auto" or not self.per_channel or self.preset != "performance":
-                raise ValueError("'scheme', 'per_channel' and 'preset' do not apply to backend tensorrt (TensorRT "
-                                 "takes symmetric INT8: per-channel weights, per-tensor activations)")
-        elif self.high_precision is not None:
-            raise ValueError("'high_precision' applies to backend tensorrt only")
         if self.backend == "onnxruntime" and self.preset != "performance":
             raise ValueError("'preset' applies to backend openvino only (ONNX Runtime QDQ export is symmetric)")
         return self

@@ -60,6 +60,14 @@ def _row(stage: str, record: dict, artifact: dict, baseline: bool = False) -> di
             "size": _fmt(artifact.get("size_mb"), 3), "params": record.get("params"), "macs": _mmacs(record)}
 
 
+def _checkpoints(stage: dict) -> dict:
+    """A stage's intermediate artifacts; schema 1 reports kept QAT's PTQ start under details.ptq."""
+    details = stage["details"]
+    if "checkpoints" in details:
+        return details["checkpoints"]
+    return {"PTQ start": details["ptq"]} if "ptq" in details else {}
+
+
 def rows(report: dict) -> list[dict]:
     """One row per FP32 baseline and per stage, in the order a reader wants them."""
     out = []
@@ -67,7 +75,7 @@ def rows(report: dict) -> list[dict]:
         out.append(_row(f"fp32 {name}", {**base, "runtime": name}, {**base["artifact"], "precision": "fp32"},
                         baseline=True))
     for stage in report["stages"]:
-        for name, point in stage["details"].get("checkpoints", {}).items():   # e.g. QAT's PTQ start
+        for name, point in _checkpoints(stage).items():   # e.g. QAT's PTQ start
             out.append(_row(f"{stage['name']}: {name}", point,
                             {"type": point["artifact_type"], "precision": point["precision"]}))
         out.append(_row(stage["name"] + (" (cached)" if stage.get("cached") else ""), stage, stage["artifact"]))

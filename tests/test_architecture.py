@@ -92,6 +92,7 @@ class RenamedOnnx(OnnxModel):
     kind = "RenamedOnnx"
 
 
+@pytest.mark.slow
 def test_a_runtime_added_as_table_entries_only_runs_end_to_end(tmp):
     register_runtime(RuntimeSpec(RenamedOnnx, short="RORT", format="renamed-onnx", suffixes=(".ronnx",),
                                  compiles_from=(OnnxModel,)))

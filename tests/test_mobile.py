@@ -61,6 +61,7 @@ def test_an_op_the_converter_rejects_is_exit_2_naming_it(tmp):
     assert not list((tmp / "out").glob("*.ort"))          # nothing half-written
 
 
+@pytest.mark.slow
 def test_int8_chain_to_an_android_ort_target(tmp):
     recipe = fashion_recipe([{"type": "export"}, {"type": "quantize", "backend": "onnxruntime", "scheme": "s8s8"},
                              {"type": "compile", "target": "android-arm64-ort"}])
@@ -79,6 +80,7 @@ def test_int8_chain_to_an_android_ort_target(tmp):
     assert "not on the phone" in report_md and "required_operators" in report_md
 
 
+@pytest.mark.slow
 def test_targets_lists_the_mobile_target_as_ready_here():
     targets = {t["name"]: t for t in json.loads(cli("targets", "--json").stdout)}
     assert targets["android-arm64-ort"]["artifact"] == "OrtFormatModel" and targets["android-arm64-ort"]["missing"] == []
