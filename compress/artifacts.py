@@ -100,3 +100,10 @@ class TensorRTQDQModel(OnnxModel):
     def files(self) -> list[Path]:
         build = self.path.with_name("build.json") if self.path is not None else None
         return super().files() + ([build] if build is not None and build.exists() else [])
+
+
+@dataclass
+class ExecuTorchModel(Artifact):
+    """An ExecuTorch program (.pte) lowered to XNNPACK: what a phone app loads; runs here too."""
+    runtime: ClassVar[str] = "executorch"
+    kind: ClassVar[str] = "ExecuTorchModel"

@@ -151,10 +151,11 @@ class QuantizeConfig(StageBase):
     mode: Literal["static", "dynamic"] = Field(
         "static", description="static: INT8 activations from calibration; dynamic: INT8 weights, activations "
                               "quantized at run time (no calibration)")
-    backend: Literal["openvino", "onnxruntime", "torch", "tensorrt"] = Field(
+    backend: Literal["openvino", "onnxruntime", "torch", "tensorrt", "executorch"] = Field(
         description="openvino: NNCF; onnxruntime: ORT quantize_static/quantize_dynamic; torch: torchao "
                     "(mode dynamic only, the model stays a torch module); tensorrt: NVIDIA ModelOpt's ONNX PTQ "
-                    "on CPU, TensorRT-style symmetric QDQ (compress[tensorrt])")
+                    "on CPU, TensorRT-style symmetric QDQ (compress[tensorrt]); executorch: PT2E with XNNPACK's "
+                    "quantizer, lowered to a .pte (compress[mobile])")
     method: Literal["minmax", "percentile", "entropy"] | None = Field(
         None, description="activation range estimation; default: the backend's own default"
     )
@@ -209,6 +210,12 @@ class QuantizeConfig(StageBase):
                                  "takes symmetric INT8: per-channel weights, per-tensor activations)")
         elif self.high_precision is not None:
             raise ValueError("'high_precision' applies to backend tensorrt only")
+        if self.backend == "executorch":
+            if self.mode != "static":
+                raise ValueError("backend 'executorch' is static INT8 (XNNPACK has no weight-only INT8)")
+            if self.method not in (None, "minmax") or self.scheme != "auto" or self.preset != "performance":
+                raise ValueError("backend 'executorch' takes XNNPACK's symmetric INT8 with min/max observers: "
+                                 "'method' (other than minmax), 'scheme' and 'preset' do not apply")
         if self.backend == "onnxruntime" and self.preset != "performance":
             raise ValueError("'preset' applies to backend openvino only; use 'scheme' for onnxruntime")
         if self.backend != "openvino" and self.bias_correction != "full":
@@ -219,9 +226,17 @@ class QuantizeConfig(StageBase):
 
 class ExportConfig(StageBase):
     type: Literal["export"]
-    format: Literal["onnx"] = "onnx"
-    opset: int = Field(17, ge=13, le=23)
+    format: Literal["onnx", "executorch"] = Field(
+        "onnx", description="onnx: torch.onnx export; executorch: torch.export lowered to XNNPACK, a .pte "
+                            "(compress[mobile])")
+    opset: int = Field(17, ge=13, le=23, description="ONNX opset (format onnx)")
     parity_atol: float = Field(1e-3, gt=0, le=10, description="max |onnx - torch| allowed, relative to max |torch|")
+
+    @model_validator(mode="after")
+    def _check(self) -> ExportConfig:
+        if self.format == "executorch" and "opset" in self.model_fields_set:
+            raise ValueError("'opset' applies to format onnx only")
+        return self
 
 
 class CompileConfig(StageBase):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from ..artifacts import Artifact, OnnxModel, OpenVinoModel, OrtFormatModel, TensorRTQDQModel, TorchModel
+from ..artifacts import Artifact, ExecuTorchModel, OnnxModel, OpenVinoModel, OrtFormatModel, TensorRTQDQModel, TorchModel
 from ..errors import ChainError, StageError
 
 
@@ -185,3 +185,8 @@ register_runtime(RuntimeSpec(
     description="TensorRT-ready QDQ ONNX; emulated here on ONNX Runtime CPU, engine built on the device",
     here="QDQ here, engine on the device", requires=("nvidia-modelopt",), compiles_from=(OnnxModel,),
     open=lazy("tensorrt_runtime", "open_emulated"), compile=lazy("tensorrt_runtime", "compile_qdq")))
+register_runtime(RuntimeSpec(
+    ExecuTorchModel, short="ET", description="ExecuTorch .pte with XNNPACK, timed here on this CPU", format="pte",
+    requires=("executorch",), compiles_from=(TorchModel, ExecuTorchModel),
+    open=lazy("executorch_runtime", "open_pte"), fp32_baseline=lazy("executorch_runtime", "fp32_baseline"),
+    compile=lazy("executorch_runtime", "compile_pte")))

@@ -2,7 +2,7 @@
 against torch on real data."""
 from __future__ import annotations
 
-from ..artifacts import OnnxModel, TorchModel
+from ..artifacts import ExecuTorchModel, OnnxModel, TorchModel
 from ..convert import onnx_max_abs_diff, stamp_onnx, torch_to_onnx
 from ..errors import StageError
 from ..models import torch_outputs
@@ -19,7 +19,17 @@ def _onnx(cfg: ExportConfig, artifact: TorchModel, ctx: StageContext) -> OnnxMod
     return OnnxModel(path=path, precision=artifact.precision)
 
 
-EXPORTERS = {"onnx": (OnnxModel, _onnx)}   # format -> (artifact type, exporter)
+def _executorch(cfg: ExportConfig, artifact: TorchModel, ctx: StageContext) -> ExecuTorchModel:
+    from ..runtimes.executorch_runtime import WHERE_TIMED, export_program, lower, require
+
+    require(f"{ctx.where}.format")
+    path = ctx.out_dir / "model.pte"
+    ctx.log("torch.export -> XNNPACK -> .pte (ExecuTorch, FP32)")
+    lower(export_program(artifact.module, ctx.spec, ctx.where), path, quantized=False, where=ctx.where)
+    return ExecuTorchModel(path=path, precision=artifact.precision, notes=[WHERE_TIMED])
+
+
+EXPORTERS = {"onnx": (OnnxModel, _onnx), "executorch": (ExecuTorchModel, _executorch)}   # format -> (type, exporter)
 
 
 def _parity(cfg: ExportConfig, artifact: TorchModel, exported, ctx: StageContext) -> None:

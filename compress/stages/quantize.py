@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import OnnxModel, OpenVinoModel, TensorRTQDQModel, TorchModel
+from ..artifacts import ExecuTorchModel, OnnxModel, OpenVinoModel, TensorRTQDQModel, TorchModel
 from ..convert import save_openvino, stamp_onnx, to_openvino
 from ..errors import InputError, backend_call
 from ..recipe import QuantizeConfig
@@ -25,6 +25,8 @@ def _accepts(cfg: QuantizeConfig, target) -> dict[type, type]:
         return {TorchModel: TorchModel}
     if cfg.backend == "tensorrt":
         return {TorchModel: TensorRTQDQModel, OnnxModel: TensorRTQDQModel}
+    if cfg.backend == "executorch":
+        return {TorchModel: ExecuTorchModel}
     if cfg.backend == "openvino":
         return {TorchModel: OpenVinoModel, OnnxModel: OpenVinoModel, OpenVinoModel: OpenVinoModel}
     return {OnnxModel: OnnxModel}
@@ -308,6 +310,63 @@ def _version(distribution: str) -> str | None:
         return None
 
 
+# ---------------------------------------------------------------- ExecuTorch: PT2E with XNNPACK's quantizer
+def _quantize_pt2e(cfg: QuantizeConfig, artifact: TorchModel, ctx: StageContext) -> ExecuTorchModel:
+    """torchao's PT2E flow with ExecuTorch's XNNPACKQuantizer (symmetric INT8, per-channel weights), calibrated
+    on `data.calibration`, lowered to XNNPACK; `ignore` keeps modules (by name) in FP32."""
+    import copy
+
+    import torch
+
+    from ..runtimes.executorch_runtime import WHERE_TIMED, export_program, lower, require
+    from .prune import _ignored
+
+    require(f"{ctx.where}.backend")
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import get_module_name_filter
+
+    module = copy.deepcopy(artifact.module).eval()
+    if cfg.ignore:
+        _ignored(module, cfg.ignore, ctx.where)   # unknown names: one clear error with the close ones
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=cfg.per_channel))
+    if cfg.ignore:
+        keep = [get_module_name_filter(name) for name in cfg.ignore]
+        quantizer.set_filter_function(lambda node: not any(f(node) for f in keep))
+    count = _samples(cfg, ctx)
+    names = [s.name for s in ctx.spec.inputs]
+    ctx.log(f"PT2E with XNNPACKQuantizer: calibrating on {count} samples")
+    with backend_call("PT2E quantization failed", where=ctx.where):
+        prepared = prepare_pt2e(export_program(module, ctx.spec, ctx.where).module(), quantizer)
+        with torch.no_grad():
+            for feeds in islice(ctx.calibration.samples(), count):   # one sample at a time: the export's batch
+                prepared(*[torch.from_numpy(feeds[n]) for n in names])
+        converted = convert_pt2e(prepared)
+    counts = _pt2e_counts(converted)
+    path = ctx.out_dir / "model.pte"
+    ctx.log("lowering the quantized program to XNNPACK")
+    lower(torch.export.export(converted, ctx.spec.example_tensors(batch=1)), path, quantized=True, where=ctx.where)
+    out = ExecuTorchModel(path=path, precision="int8" if counts["weighted_int8"] else "fp32", notes=[WHERE_TIMED])
+    ctx.details.update(backend="executorch", quantizer="XNNPACKQuantizer (symmetric INT8)", samples=count,
+                       per_channel=cfg.per_channel, quantize_ops=counts["weighted_int8"],
+                       weighted_layers=counts["weighted"], ignored=list(cfg.ignore))
+    if not counts["weighted_int8"]:
+        out.notes.append("XNNPACK's quantizer found no layer to quantize: the artifact stays FP32")
+    return out
+
+
+def _pt2e_counts(graph_module) -> dict:
+    """Convolutions and linear layers of a converted PT2E graph, and how many read an INT8 (dequantized) weight."""
+    weighted = int8 = 0
+    for node in graph_module.graph.nodes:
+        target = str(node.target)
+        if node.op == "call_function" and ("conv" in target or "linear" in target) and len(node.args) > 1:
+            weighted += 1
+            weight = node.args[1]
+            int8 += int(hasattr(weight, "target") and "dequantize" in str(weight.target))
+    return {"weighted": weighted, "weighted_int8": int8}
+
+
 # ---------------------------------------------------------------- dynamic (no calibration)
 def _dynamic_onnxruntime(cfg: QuantizeConfig, artifact: OnnxModel, ctx: StageContext) -> OnnxModel:
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -458,7 +517,7 @@ def quantize(cfg: QuantizeConfig, artifact, ctx: StageContext):
     if artifact.precision != "fp32":
         raise InputError(f"the model is already {artifact.precision}; quantize an FP32 model", where=ctx.where)
     backends = {("static", "openvino"): _quantize_nncf, ("static", "onnxruntime"): _quantize_onnxruntime,
-                ("static", "tensorrt"): _quantize_modelopt,
+                ("static", "tensorrt"): _quantize_modelopt, ("static", "executorch"): _quantize_pt2e,
                 ("dynamic", "openvino"): _dynamic_openvino, ("dynamic", "onnxruntime"): _dynamic_onnxruntime,
                 ("dynamic", "torch"): _dynamic_torch}
     return backends[cfg.mode, cfg.backend](cfg, artifact, ctx)
