@@ -20,17 +20,26 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from compress.errors import InputError, StageError
-from compress.tensorrt.engine import (EngineRunner, build_engine, check_manifest, derive_profile, device_facts,
-                                      open_engine, trtexec_command, write_manifest)
+from compress.tensorrt.engine import (
+    EngineRunner,
+    build_engine,
+    check_manifest,
+    derive_profile,
+    device_facts,
+    open_engine,
+    trtexec_command,
+    write_manifest,
+)
 from compress.tensorrt.rules import OPERATOR_TABLE, Violation, check_qdq, dynamic_axes, supported_ops
 
 HAVE_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
 
 # ====================================================================================== QDQ models
-def qdq_model(*, act_zp=np.int8(0), act_scale=0.1, act_per_axis=False, w_axis=0, w_scale=None, opset=17,
+def qdq_model(*, act_zp=None, act_scale=0.1, act_per_axis=False, w_axis=0, w_scale=None, opset=17,
               scale_dtype=np.float32, bias_int32=False, extra_op=None, batch="batch") -> onnx.ModelProto:
     """x -> Q/DQ -> Conv(W via Q/DQ) [-> extra_op] -> y, names like a torch export."""
+    act_zp = np.int8(0) if act_zp is None else act_zp
     rng = np.random.default_rng(0)
     w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
     w_scale = np.full(w.shape[w_axis], 0.01, scale_dtype) if w_scale is None else w_scale
@@ -158,7 +167,7 @@ def test_supported_ops_intersects_the_range_and_covers_missing_versions_from_bel
     assert supported_ops(">=10.14").ops == OPERATOR_TABLE["10.14"][0]
     assert supported_ops(">=11,<12").versions == ("10.16", "11.1")
     assert "Swish" in supported_ops("11.1").ops and "Swish" not in supported_ops(">=11,<12").ops
-    with pytest.raises(InputError, match="no ONNX-TensorRT operator table covers TensorRT 8.6"):
+    with pytest.raises(InputError, match=r"no ONNX-TensorRT operator table covers TensorRT 8\.6"):
         supported_ops("8.6")
     with pytest.raises(InputError, match="pip-style range"):
         supported_ops("newest")
@@ -246,7 +255,7 @@ def test_manifest_mismatch_names_both_values_and_the_rebuild():
     assert str(info.value) == (
         "the engine was built with TensorRT 10.3.0 but this device has TensorRT 10.3.1; TensorRT engines are "
         "not portable across TensorRT versions or GPUs, so rebuild it with `compress build` on this device")
-    with pytest.raises(InputError, match="GPU compute capability 8.7 but this device has GPU compute capability 8.9"):
+    with pytest.raises(InputError, match=r"GPU compute capability 8\.7 but this device has GPU compute capability 8\.9"):
         check_manifest(manifest, {**FACTS, "compute_capability": "8.9"})
     with pytest.raises(InputError, match="built with GPU Orin but this device has GPU NVIDIA H100"):
         check_manifest(manifest, {**FACTS, "gpu_name": "NVIDIA H100"})
@@ -271,7 +280,7 @@ class RecordingEnum:
     """A TensorRT enum namespace that records every member read, and raises AttributeError for a member
     the imitated version does not have (as TensorRT 11 does for EXPLICIT_BATCH or BuilderFlag.INT8)."""
 
-    def __init__(self, rec: "RecordingTensorRT", kind: str, members: dict):
+    def __init__(self, rec: RecordingTensorRT, kind: str, members: dict):
         self.__dict__.update(_rec=rec, _kind=kind, _members=members)
 
     def __getattr__(self, name):
@@ -286,7 +295,7 @@ class _Recorded:
 
     _api = "?"
 
-    def __init__(self, rec: "RecordingTensorRT"):
+    def __init__(self, rec: RecordingTensorRT):
         object.__setattr__(self, "_rec", rec)
 
     def __setattr__(self, name, value):
@@ -518,12 +527,12 @@ class RecordingTensorRT:
         self.Logger = Logger
 
     @classmethod
-    def v10(cls, **kw) -> "RecordingTensorRT":
+    def v10(cls, **kw) -> RecordingTensorRT:
         return cls("10.3.0", network_flags={"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1},
                    builder_flags=("FP16", "BF16", "INT8", "FP8", "GPU_FALLBACK", "REFIT", "STRICT_NANS"), **kw)
 
     @classmethod
-    def v11(cls, *, strongly_typed_flag=True, **kw) -> "RecordingTensorRT":
+    def v11(cls, *, strongly_typed_flag=True, **kw) -> RecordingTensorRT:
         flags = {"PREFER_JIT_PYTHON_PLUGINS": 2, "PREFER_AOT_PYTHON_PLUGINS": 3}
         if strongly_typed_flag:
             flags["STRONGLY_TYPED"] = 1   # deprecated and ignored in 11.x, kept for API compatibility
@@ -634,10 +643,10 @@ def test_dla_settings_and_gpu_fallback_only_when_asked(onnx_file, tmp_path):
     assert ("TensorRT: GPU fallback: 1 of 3 layers cannot run on DLA core 1 and run on the GPU "
             "(/head/NonMaxSuppression)") in logs                                # reported, never silent
     assert result["trtexec"].endswith("--timingCacheFile=" + str(tmp_path / "dla.cache") + " --useDLACore=1 --allowGPUFallback")
-    with pytest.raises(InputError, match="dla_core 2 does not exist: this device has DLA cores 0..1"):
+    with pytest.raises(InputError, match=r"dla_core 2 does not exist: this device has DLA cores 0\.\.1"):
         build_engine(RecordingTensorRT.v10(dla_cores=2), onnx_file, tmp_path / "n.plan", profile=static,
                      workspace_mb=64, dla_core=2, log=lambda _: None)
-    with pytest.raises(InputError, match="dla_core 0 was asked for, but this device and TensorRT 11.1.0 have no DLA"):
+    with pytest.raises(InputError, match=r"dla_core 0 was asked for, but this device and TensorRT 11\.1\.0 have no DLA"):
         build_engine(RecordingTensorRT.v11(), onnx_file, tmp_path / "n.plan", profile=static, workspace_mb=64,
                      dla_core=0, log=lambda _: None)
     with pytest.raises(InputError, match=r"DLA build needs a static profile .* input 'x' has min 1x3x8x8 and max 16x3x8x8"):
@@ -702,7 +711,7 @@ def test_open_engine_binds_every_tensor_and_returns_outputs_in_engine_order(tmp_
 
 def test_open_engine_built_elsewhere_is_a_stage_error(tmp_path):
     (tmp_path / "m.plan").write_bytes(b"BUILT-ELSEWHERE")
-    with pytest.raises(StageError, match="engine m.plan does not match this TensorRT/GPU"):
+    with pytest.raises(StageError, match=r"engine m\.plan does not match this TensorRT/GPU"):
         open_engine(RecordingTensorRT.v10(), tmp_path / "m.plan", device="cpu")
     with pytest.raises(InputError, match="does not exist"):
         open_engine(RecordingTensorRT.v10(), tmp_path / "missing.plan", device="cpu")

@@ -21,10 +21,10 @@ import re
 import shlex
 import subprocess
 import time
+from collections.abc import Callable
 from contextlib import suppress
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -128,7 +128,7 @@ def _try(fn: Callable):
 def _tensorrt_version(trt) -> str | None:
     if trt is None:
         try:
-            import tensorrt as trt  # noqa: PLC0415 - optional, only on the device
+            import tensorrt as trt
         except Exception:
             return None
     return _try(lambda: str(trt.__version__))
@@ -186,7 +186,7 @@ def write_manifest(path, *, facts: dict, onnx_sha256: str, profile: dict, precis
     """Write the engine's manifest (JSON, atomically) beside it; returns what was written."""
     from ..fsutil import atomic_write_json
 
-    manifest = {"format": MANIFEST_FORMAT, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    manifest = {"format": MANIFEST_FORMAT, "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "device": dict(facts), "onnx_sha256": onnx_sha256,
                 "profile": {k: [list(map(int, s)) for s in v] for k, v in profile.items()},
                 "precision": precision, "dla_core": dla_core, "gates": gates, "build": build}
