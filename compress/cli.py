@@ -136,14 +136,17 @@ def _natural_width(table: Table) -> int:
 def _run_table(report: dict, columns: tuple[str, ...]) -> Table:
     from rich import box
 
-    from .report import RUNTIMES, rows
+    from .report import rows, runtime_names
+
+    RUNTIMES = runtime_names()
 
     table_rows = rows(report)
     names = {row["metric_name"] for row in table_rows if row["metric_name"]}
     metric_name = next(iter(names)) if len(names) == 1 else None   # else each cell says which metric
     titles = dict(CONSOLE_TITLES)
     runtimes = [r for r in dict.fromkeys(row["runtime"] for row in table_rows) if r in RUNTIMES]
-    legend = [", ".join(f"{RUNTIMES[r][0]} = {RUNTIMES[r][1]}" for r in runtimes)] if runtimes else []
+    named = dict.fromkeys(RUNTIMES[r] for r in runtimes)   # two names of one runtime: one legend entry
+    legend = [", ".join(f"{short} = {what}" for short, what in named)] if named else []
     if metric_name is not None and len(metric_name) <= _METRIC_TITLE_MAX:
         titles["metric"] = metric_name
     elif metric_name is not None:

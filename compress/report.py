@@ -39,8 +39,15 @@ def _mmacs(record: dict) -> str:
 
 _POINTS = {"top1", "top5", "top1_agreement", "cosine"}   # built-in metrics, in percent (points)
 
-# Short runtime names for narrow tables (the console's), explained in a legend under the table.
-RUNTIMES = {"torch": ("PT", "torch"), "onnxruntime": ("ORT", "ONNX Runtime"), "openvino": ("OV", "OpenVINO")}
+def runtime_names() -> dict[str, tuple[str, str]]:
+    """Runtime as a report names it -> (abbreviation for narrow tables, what it is), from the runtime table."""
+    from .runtimes import runtimes
+
+    names = {}
+    for entry in runtimes():
+        for name in {entry.name, entry.artifact.runtime}:
+            names[name] = (entry.short, entry.description or entry.name)
+    return names
 
 
 def _row(stage: str, record: dict, artifact: dict, baseline: bool = False) -> dict:

@@ -158,35 +158,35 @@ def count_ops(artifact: Artifact, op_types: set[str]) -> int:
 
 
 register_runtime(RuntimeSpec(
-    TorchModel, short="PT", description="eager PyTorch on CPU (the reference)", requires=("torch",),
+    TorchModel, short="PT", description="torch", requires=("torch",),
     open=lazy("torch_runtime", "open_torch"), fp32_baseline=lazy("torch_runtime", "fp32_baseline"),
     restore=lazy("torch_runtime", "restore")))
 register_runtime(RuntimeSpec(
-    OnnxModel, short="ORT", description="ONNX Runtime, CPUExecutionProvider", format="onnx",
+    OnnxModel, short="ORT", description="ONNX Runtime", format="onnx",
     suffixes=(".onnx",), requires=("onnxruntime",), compiles_from=(OnnxModel,),
     open=lazy("onnxruntime_runtime", "open_onnxruntime"),
     fp32_baseline=lazy("onnxruntime_runtime", "fp32_baseline"),
     count_ops=lazy("onnxruntime_runtime", "count_ops"), input_shapes=lazy("onnxruntime_runtime", "input_shapes"),
     compile=lazy("onnxruntime_runtime", "compile_onnx")))
 register_runtime(RuntimeSpec(
-    OpenVinoModel, short="OV", description="OpenVINO on CPU", format="openvino-ir", suffixes=(".xml",),
+    OpenVinoModel, short="OV", description="OpenVINO", format="openvino-ir", suffixes=(".xml",),
     requires=("openvino",), inference_precisions=("f32", "bf16"),
     compiles_from=(TorchModel, OnnxModel, OpenVinoModel),
     open=lazy("openvino_runtime", "open_openvino"), fp32_baseline=lazy("openvino_runtime", "fp32_baseline"),
     count_ops=lazy("openvino_runtime", "count_ops"), input_shapes=lazy("openvino_runtime", "input_shapes"),
     compile=lazy("openvino_runtime", "compile_ir")))
 register_runtime(RuntimeSpec(
-    OrtFormatModel, short="ORTm", description="ONNX Runtime Mobile (.ort), timed here on this CPU", format="ort",
+    OrtFormatModel, short="ORTm", description="ONNX Runtime Mobile (.ort), run here", format="ort",
     suffixes=(".ort",), compiles_from=(OnnxModel,),
     fp32_baseline=lazy("ort_mobile_runtime", "fp32_baseline"), count_ops=lazy("ort_mobile_runtime", "count_ops"),
     input_shapes=lazy("ort_mobile_runtime", "input_shapes"), compile=lazy("ort_mobile_runtime", "compile_ort")))
 register_runtime(RuntimeSpec(
     TensorRTQDQModel, name="tensorrt", short="TRT~", format="qdq-onnx",
-    description="TensorRT-ready QDQ ONNX; emulated here on ONNX Runtime CPU, engine built on the device",
+    description="TensorRT QDQ emulated on ONNX Runtime CPU, not the engine",
     here="QDQ here, engine on the device", requires=("nvidia-modelopt",), compiles_from=(OnnxModel,),
     open=lazy("tensorrt_runtime", "open_emulated"), compile=lazy("tensorrt_runtime", "compile_qdq")))
 register_runtime(RuntimeSpec(
-    ExecuTorchModel, short="ET", description="ExecuTorch .pte with XNNPACK, timed here on this CPU", format="pte",
+    ExecuTorchModel, short="ET", description="ExecuTorch (XNNPACK), run here", format="pte",
     requires=("executorch",), compiles_from=(TorchModel, ExecuTorchModel),
     open=lazy("executorch_runtime", "open_pte"), fp32_baseline=lazy("executorch_runtime", "fp32_baseline"),
     compile=lazy("executorch_runtime", "compile_pte")))

@@ -234,7 +234,7 @@ def _calibration_array(ctx: StageContext, count: int) -> dict[str, np.ndarray]:
     for feeds in islice(ctx.calibration.samples(), count):
         for n in names:
             parts[n].append(feeds[n])
-    return {n: np.stack(v) for n, v in parts.items()}
+    return {n: np.concatenate(v) for n, v in parts.items()}   # samples come with a batch dim of 1
 
 
 def _quantize_modelopt(cfg: QuantizeConfig, artifact, ctx: StageContext) -> TensorRTQDQModel:
