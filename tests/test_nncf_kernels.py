@@ -30,6 +30,24 @@ def no_compiler(tmp, monkeypatch) -> Path:
     return tmp / "torch_extensions"
 
 
+def test_qat_without_a_cpp_compiler_trains_with_pure_torch_fake_quant_and_says_so(tmp, no_compiler):
+    recipe = fashion_recipe([{"type": "qat", "backend": "openvino", "finetune": {"epochs": 1}}], model=dict(SMALL_CNN))
+    recipe["data"]["calibration"]["samples"] = 64
+    recipe["data"]["eval"]["samples"] = 200
+    recipe["data"]["train"] = {"path": str(DATA / "fashion_mnist_train.npz"), "samples": 256}
+    proc = cli("run", write_recipe(tmp, recipe), "--out", tmp / "runs", "--no-cache", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(next((tmp / "runs").glob("*/report.json")).read_text())
+    stage = report["stages"][0]
+    assert stage["details"]["fake_quant_kernels"].startswith("pure torch: no C++ compiler"), stage["details"]
+    assert stage["artifact"]["precision"] == "int8" and stage["details"]["quantize_ops"] > 0
+    assert len(stage["details"]["finetune"]) == 1 and stage["primary"]["value"] > 50
+    err = " ".join(proc.stderr.split())
+    assert "no C++ compiler" in err and "pure-torch" in err       # one line in the progress log
+    assert not [word for word in COMPILER_NOISE if word in proc.stderr + proc.stdout], proc.stderr[-3000:]
+    assert not list(no_compiler.rglob("build.ninja")), "a build was attempted"
+
+
 def test_install_step_without_a_compiler_exits_0_and_says_what_qat_uses(no_compiler):
     proc = subprocess.run([sys.executable, "-m", "compress.nncf_kernels"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)), check=False)
