@@ -3,15 +3,19 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run lint test test-fast bench clean
+.PHONY: install kernels run lint test test-fast bench clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,tensorrt]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,tensorrt,mobile]'
+	$(BIN)/python -m compress.nncf_kernels   # NNCF's C++ fake-quant kernels for QAT (~40 s once; needs g++, else pure torch)
 	touch $@
+
+kernels: install      ## (re)build NNCF's C++ fake-quant kernels, e.g. after installing a C++ compiler
+	$(BIN)/python -m compress.nncf_kernels
 
 run: install          ## install, then run the quickstart recipe
 	$(BIN)/compress run recipes/quickstart.yaml

@@ -16,6 +16,7 @@ from pathlib import Path
 from ..artifacts import OnnxModel, OpenVinoModel, TorchModel
 from ..convert import save_openvino, stamp_onnx, to_openvino, torch_to_onnx
 from ..errors import ChainError, InputError, backend_call
+from ..nncf_kernels import prepare as prepare_kernels
 from ..recipe import QatConfig
 from ..runtimes import count_ops
 from . import PlanState, StageContext, add_checkpoint, finetune_notes, keep_last_good, quantized_nothing_gate, register
@@ -211,6 +212,7 @@ def qat(cfg: QatConfig, artifact: TorchModel, ctx: StageContext):
     if not any(isinstance(m, _weighted_types()) for m in module.modules()):
         return _nothing_to_quantize(module, cfg, ctx, stamp, details, nncf_model=False)
     folded = fold_batchnorm(module) if cfg.fold_bn else []
+    details["fake_quant_kernels"] = prepare_kernels(ctx.log)   # before NNCF's first fake-quant op builds them
     qmodel, count = _insert_fake_quant(cfg, module, ctx)
     ptq, quantizers = _export(qmodel, cfg, ctx, ctx.out_dir / "ptq", {**stamp, "checkpoint": "ptq"})
     details.update(samples=count, folded_batchnorm=len(folded), quantize_ops=quantizers)
