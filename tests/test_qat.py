@@ -57,7 +57,7 @@ def test_qat_recovers_at_least_half_of_what_ptq_loses_on_openvino(tmp):
     assert stage["runtime"] == ptq["runtime"] == "openvino"
     assert stage["artifact"]["precision"] == "int8" and stage["details"]["quantize_ops"] > 0
     assert stage["details"]["folded_batchnorm"] == 5
-    from compress import nncf_kernels   # a compiler here (or kernels built by `make install`): NNCF's C++ kernels
+    from compress import nncf_kernels  # a compiler here (or kernels built by `make install`): NNCF's C++ kernels
     cpp = nncf_kernels.missing_tool() is None or nncf_kernels.is_built()
     assert stage["details"]["fake_quant_kernels"].startswith("nncf C++" if cpp else "pure torch")
     ptq_loss = fp32 - ptq["primary"]["value"]
