@@ -107,3 +107,16 @@ class ExecuTorchModel(Artifact):
     """An ExecuTorch program (.pte) lowered to XNNPACK: what a phone app loads; runs here too."""
     runtime: ClassVar[str] = "executorch"
     kind: ClassVar[str] = "ExecuTorchModel"
+
+
+@dataclass
+class TensorRTEngine(Artifact):
+    """A serialized TensorRT engine with `manifest.json` beside it (the device it was built for)."""
+    runtime: ClassVar[str] = "tensorrt-engine"
+    kind: ClassVar[str] = "TensorRTEngine"
+
+    def files(self) -> list[Path]:
+        if self.path is None:
+            return []
+        manifest = self.path.with_name("manifest.json")
+        return [self.path] + ([manifest] if manifest.exists() else [])

@@ -290,6 +290,38 @@ def inspect(run_dir: Path = typer.Argument(..., help="a run folder (runs/<name>-
 
 @app.command()
 @_guard
+def build(source: Path = typer.Argument(..., help="a run folder compiled for a TensorRT target, or its model.onnx"),
+          target: str | None = typer.Option(None, "--target", help="TensorRT target (default: the run's)"),
+          runs: int = typer.Option(200, min=1, help="timed runs per engine (CUDA events)"),
+          as_json: bool = typer.Option(False, "--json")):
+    """On the device: build the INT8 TensorRT engine (and an FP16 one to compare), validate and time it."""
+    from .build import build as api_build
+
+    result = api_build(source, target_name=target, runs=runs, log=lambda m: err.print(f"[dim]{m}[/]"))
+    if as_json:
+        _print_json(result)
+    else:
+        table = Table(title=f"TensorRT engines for {result['target']} ({result['device'].get('gpu_name')})")
+        for col in ("engine", result.get("metric", "metric"), "p50 ms", "p99 ms"):
+            table.add_column(col)
+        table.add_row("FP32 reference (torch)", f"{result.get('reference', float('nan')):.2f}", "–", "–")
+        table.add_row("INT8 emulated (ORT CPU)", f"{result.get('emulated', float('nan')):.2f}", "–", "–")
+        table.add_row("INT8 engine", f"{result.get('engine', float('nan')):.2f}",
+                      f"{result['latency_int8']['p50_ms']:.3f}", f"{result['latency_int8']['p99_ms']:.3f}")
+        if "latency_fp16" in result:
+            table.add_row("FP16 engine", "–", f"{result['latency_fp16']['p50_ms']:.3f}",
+                          f"{result['latency_fp16']['p99_ms']:.3f}")
+        out.print(table)
+        for g in result["gates"]:
+            out.print(f"gate {g['gate']}: {'[green]pass[/]' if g['passed'] else '[red]FAIL[/]'} — {g['detail']}")
+        out.print(f"trtexec equivalent: {result['int8'].get('trtexec')}")
+        out.print(f"engine: {result['folder']}/model.engine (manifest.json beside it)")
+    if not all(g["passed"] for g in result["gates"]):
+        raise typer.Exit(EXIT_GATE_FAILED)
+
+
+@app.command()
+@_guard
 def bench(model: Path = typer.Argument(..., help=".onnx (ONNX Runtime) or .xml (OpenVINO)"),
           threads: int = typer.Option(2, min=1), batch: int = typer.Option(1, min=1),
           warmup: int = typer.Option(10, min=0), runs: int = typer.Option(50, min=1),

@@ -20,7 +20,16 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from ..artifacts import Artifact, ExecuTorchModel, OnnxModel, OpenVinoModel, OrtFormatModel, TensorRTQDQModel, TorchModel
+from ..artifacts import (
+    Artifact,
+    ExecuTorchModel,
+    OnnxModel,
+    OpenVinoModel,
+    OrtFormatModel,
+    TensorRTEngine,
+    TensorRTQDQModel,
+    TorchModel,
+)
 from ..errors import ChainError, StageError
 
 
@@ -190,3 +199,7 @@ register_runtime(RuntimeSpec(
     requires=("executorch",), compiles_from=(TorchModel, ExecuTorchModel),
     open=lazy("executorch_runtime", "open_pte"), fp32_baseline=lazy("executorch_runtime", "fp32_baseline"),
     compile=lazy("executorch_runtime", "compile_pte")))
+register_runtime(RuntimeSpec(
+    TensorRTEngine, short="TRT", description="TensorRT engine on the device's GPU", suffixes=(".engine",),
+    here="on the device only (`compress build`)", requires=("tensorrt",),
+    open=lazy("tensorrt_runtime", "open_engine_session")))

@@ -51,7 +51,8 @@ def _polygraphy_lint(path: Path) -> dict:
         return {"check": "polygraphy lint", "passed": None, "detail": "not run: install compress[tensorrt]"}
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "lint.json"
-        done = subprocess.run([sys.executable, "-m", "polygraphy", "check", "lint", str(path), "-o", str(report)],
+        entry = "import sys; from polygraphy.tools import main; sys.exit(main(sys.argv[1:]))"   # its CLI, in-venv
+        done = subprocess.run([sys.executable, "-c", entry, "check", "lint", str(path), "-o", str(report)],
                               capture_output=True, text=True, timeout=600)
         detail = "no problems found" if done.returncode == 0 else (done.stderr.strip().splitlines() or ["failed"])[-1]
         if report.is_file():
@@ -97,3 +98,34 @@ def compile_qdq(cfg, artifact: OnnxModel, ctx, cls=TensorRTQDQModel) -> TensorRT
                                                      "`compress build` measures the engine on the device"])
     ctx.details.update(tensorrt_checks=rows, build=build)
     return out
+
+
+def import_tensorrt(where: str | None = None):
+    """The `tensorrt` module, or one clear error saying what to install and where to run."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is None:
+        raise InputError("TensorRT is not installed here: engines are built and timed on the device that runs them",
+                         where=where,
+                         hint="Run `compress build` on the Jetson (JetPack ships TensorRT's Python bindings: "
+                              "apt install python3-libnvinfer) or on the GPU server (pip install tensorrt), with "
+                              "this run folder copied there and compress installed")
+    import tensorrt
+
+    return tensorrt
+
+
+def open_engine_session(artifact, threads: int, **_):
+    """An engine, after checking its manifest against this device (engines are not portable)."""
+    from ..tensorrt.engine import check_manifest, device_facts, open_engine
+    from . import Session
+
+    trt = import_tensorrt()
+    manifest = artifact.path.with_name("manifest.json")
+    if not manifest.is_file():
+        raise InputError(f"{artifact.path} has no manifest.json beside it: build engines with `compress build`")
+    facts = device_facts(trt)
+    check_manifest(json.loads(manifest.read_text()), facts)
+    runner = open_engine(trt, artifact.path)
+    return Session(artifact.runtime, runner, settings={"device": facts.get("gpu_name"), "tensorrt": facts["tensorrt"],
+                                                       "precision": artifact.precision})

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import json
+import subprocess
+import sys
 from itertools import islice
 from pathlib import Path
 
@@ -10,7 +13,7 @@ import numpy as np
 
 from ..artifacts import ExecuTorchModel, OnnxModel, OpenVinoModel, TensorRTQDQModel, TorchModel
 from ..convert import save_openvino, stamp_onnx, to_openvino
-from ..errors import InputError, backend_call
+from ..errors import InputError, StageError, backend_call
 from ..recipe import QuantizeConfig
 from ..runtimes import count_ops, open_session
 from ..validation import Agreement
@@ -248,8 +251,6 @@ def _quantize_modelopt(cfg: QuantizeConfig, artifact, ctx: StageContext) -> Tens
         raise InputError("backend tensorrt needs NVIDIA ModelOpt, which is not installed", where=f"{ctx.where}.backend",
                          hint="Install the extra: pip install 'compress[tensorrt]' (never nvidia-modelopt[onnx]: it "
                               "replaces onnxruntime).")
-    from modelopt.onnx.quantization import quantize as modelopt_quantize
-
     from ..convert import torch_to_onnx
     from ..runtimes.tensorrt_runtime import checks
 
@@ -275,11 +276,17 @@ def _quantize_modelopt(cfg: QuantizeConfig, artifact, ctx: StageContext) -> Tens
     high = cfg.high_precision or ctx.resolved.high_precision or "fp32"
     path = ctx.out_dir / "model.onnx"
     ctx.log(f"ModelOpt ONNX PTQ (int8, {method}, {count} samples, {high} for the rest; CPU calibration)")
-    with backend_call("ModelOpt ONNX quantization failed", where=ctx.where):
-        modelopt_quantize(str(source), quantize_mode="int8", calibration_data=data if len(data) > 1
-                          else next(iter(data.values())), calibration_method=method, calibration_shapes=shapes,
-                          calibration_eps=["cpu"], output_path=str(path), high_precision_dtype=high,
-                          nodes_to_exclude=[f"^{re.escape(n)}$" for n in cfg.ignore] or None, log_level="ERROR")
+    np.savez(work / "calibration.npz", **data)
+    args = {"source": str(source), "calibration": str(work / "calibration.npz"), "method": method, "shapes": shapes,
+            "output": str(path), "high_precision": high, "exclude": [f"^{re.escape(n)}$" for n in cfg.ignore]}
+    (work / "args.json").write_text(json.dumps(args))
+    # its own process: importing ModelOpt's ONNX quantization patches ONNX Runtime's quantizer in place
+    done = subprocess.run([sys.executable, "-m", "compress.tensorrt.modelopt_worker", str(work / "args.json")],
+                          capture_output=True, text=True, cwd=work)
+    if done.returncode != 0 or not path.is_file():
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        raise StageError(f"ModelOpt ONNX quantization failed: {lines[-1] if lines else f'exit {done.returncode}'}",
+                         where=ctx.where)
     shutil.rmtree(work)
     stamp_onnx(path, ctx.details.get("stamp", {}))
     out = TensorRTQDQModel(path=path, precision="int8")
