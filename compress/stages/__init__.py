@@ -174,6 +174,13 @@ def quantized_nothing_gate(record: dict) -> list[dict]:
              "detail": f"stage {record['name']} quantized no layer: {'; '.join(record['notes'])}"}]
 
 
+def check_notes(record: dict) -> list[str]:
+    """One report line per check a stage ran on its artifact (onnx.checker, polygraphy lint, TensorRT's rules)."""
+    verdict = {True: "pass", False: "FAIL", None: "not run"}
+    return [f"check {row['check']}: {verdict[row['passed']]} ({row['detail']})"
+            for row in record["details"].get("tensorrt_checks", [])]
+
+
 def finetune_notes(record: dict) -> list[str]:
     epochs = record["details"].get("finetune")
     if not epochs:

@@ -6,7 +6,7 @@ from ..errors import ChainError
 from ..recipe import CompileConfig
 from ..runtimes import for_target
 from ..targets import Target
-from . import PlanState, StageContext, register
+from . import PlanState, StageContext, check_notes, register
 
 
 def _accepts(cfg: CompileConfig, target: Target | None) -> dict[type, type]:
@@ -31,6 +31,9 @@ def _notes(record: dict) -> list[str]:
         notes.append(f"OpenVINO runs non-INT8 layers in {d['inference_precision']}")
     if "graph_optimization" in d:
         notes.append(f"ONNX Runtime graph optimisation '{d['graph_optimization']}' saved into the file")
+    notes += check_notes(record)
+    if "build" in d:
+        notes.append(f"engine build on the device: `compress build <run folder>`; equivalent: {d['build']['trtexec']}")
     if "ort_format" in d:
         fmt = d["ort_format"]
         notes.append(f"ORT format (.ort), optimizations fixed for {fmt['platform']}; the reduced-size build's "
@@ -38,7 +41,14 @@ def _notes(record: dict) -> list[str]:
     return notes
 
 
-@register(CompileConfig, accepts=_accepts, check=_check, target=lambda cfg: cfg.target, notes=_notes)
+def _gates(record: dict) -> list[dict]:
+    """A check the artifact failed (polygraphy's lint, say) fails the run: the device would refuse it."""
+    failed = [row for row in record["details"].get("tensorrt_checks", []) if row["passed"] is False]
+    return [{"gate": "artifact_checks", "threshold": "every check passes", "value": row["check"], "passed": False,
+             "detail": f"stage {record['name']}: {row['check']} failed: {row['detail']}"} for row in failed]
+
+
+@register(CompileConfig, accepts=_accepts, check=_check, target=lambda cfg: cfg.target, notes=_notes, gates=_gates)
 def compile_stage(cfg: CompileConfig, artifact, ctx: StageContext):
     entry = for_target(ctx.target.runtime, ctx.target.format)
     ctx.log(f"compiling for {ctx.target.name} ({entry.name}, {entry.format})")

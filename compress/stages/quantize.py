@@ -17,7 +17,7 @@ from ..errors import InputError, StageError, backend_call
 from ..recipe import QuantizeConfig
 from ..runtimes import count_ops, open_session
 from ..validation import Agreement
-from . import StageContext, quantized_nothing_gate, register
+from . import StageContext, check_notes, quantized_nothing_gate, register
 
 DEFAULT_SAMPLES = 300
 SELECTION_SAMPLES = 256
@@ -511,7 +511,7 @@ def _reads(cfg: QuantizeConfig) -> tuple[str, ...]:
 def _notes(record: dict) -> list[str]:
     d = record["details"]
     if "scheme" not in d:
-        return []
+        return check_notes(record)
     tried = d.get("scheme_candidates")
     return [f"ORT scheme {d['scheme']} ({d['scheme_reason']})" + (": " + ", ".join(
         f"{k} top-1 agreement {v.get('top1_agreement', float('nan')):.2f}%, cos {v['cosine']:.4f}"
