@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 import yaml
 
-from . import cache
+from . import cache, interrupt
 from . import report as report_mod
 from .artifacts import Artifact, OnnxModel, OpenVinoModel, TorchModel
 from .convert import save_openvino, to_openvino, torch_to_onnx
@@ -500,6 +500,7 @@ class _Runner:
             status["status"] = "done"
             artifact = output
 
+        interrupt.check()   # last point before report.json and "done": a Ctrl-C a library swallowed ends the run here
         gates = evaluate_gates(recipe, records[-1], ref_record, records)
         report = {
             "schema_version": SCHEMA_VERSION, "name": recipe.name, "run_dir": str(self.run_dir),
