@@ -5,7 +5,8 @@ that is inside Python code that C++ calls, the C++ side decides what happens to 
 PyTorch frontend (ov.convert_model of a torch module, which the quantize stage and the OpenVINO
 baseline run) calls back into its Python TorchScript decoder, and an interrupt raised there comes
 out nowhere (the conversion finishes normally), as a RuntimeError "... KeyboardInterrupt: <EMPTY
-MESSAGE>" that an ordinary `except Exception` fallback handles, or as a C++ terminate (SIGABRT).
+MESSAGE>" that an ordinary `except Exception` fallback handles, or (seen once) as a C++ terminate
+that aborts the process.
 The interpreter itself swallows one raised in a weakref callback or a finalizer.
 
 `watch()` (the CLI wraps a run in it) installs a SIGINT handler that records the interrupt and
@@ -30,10 +31,10 @@ _retry: threading.Timer | None = None
 
 def _unsafe(frame) -> bool:
     """Is the main thread where a KeyboardInterrupt does harm: inside OpenVINO's Python code (its
-    frontend is called from C++, which swallows an exception from it, turns it into a RuntimeError,
-    or aborts the process on it) or inside the import system (importlib's module-lock weakref
-    callback swallows it, and one raised between its `_imp.acquire_lock()` and `try:` leaves the
-    global import lock held: the next os.fork() on another thread, e.g. OpenVINO telemetry's, hangs)?"""
+    frontend is called from C++, which swallows an exception from it or turns it into a
+    RuntimeError), or inside the import system (importlib's module-lock weakref callback swallows
+    it, and one raised between its `_imp.acquire_lock()` and `try:` leaves the global import lock
+    held: the next os.fork() on another thread, e.g. OpenVINO telemetry's, hangs)?"""
     openvino = sys.modules.get("openvino")
     root = os.path.dirname(openvino.__file__) + os.sep if getattr(openvino, "__file__", None) else None
     while frame is not None:
