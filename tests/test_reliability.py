@@ -152,6 +152,68 @@ def _timeline(recipe: Path, out: Path) -> tuple[float, float, dict]:
     return folder_at or 0.0, duration, json.loads((out / "stdout").read_text())
 
 
+# torch -> OpenVINO: ov.convert_model runs twice (the quantize stage, the FP32 OpenVINO baseline). Its
+# PyTorch frontend calls Python from C++ and catches what that raises: about one Ctrl-C in ten landing
+# there was lost (the conversion carried on, or failed with a RuntimeError that to_openvino's fallback
+# retried), and the run finished with exit 0.
+OV_CHAIN = [{"type": "quantize", "backend": "openvino", "samples": 64}]
+
+
+def test_ctrl_c_anywhere_in_a_run_interrupts_it(tmp, ctrl_c):
+    recipe = _small(OV_CHAIN)
+    recipe["data"]["calibration"]["samples"] = 64
+    path = write_recipe(tmp, recipe)
+    folder_at, duration, _ = _timeline(path, tmp / "clean")
+    span = duration - folder_at   # the run proper: from its folder to the report (startup time varies more)
+    delays = [span * (0.02 + 0.88 * i / 7) for i in range(8)]
+    hits = []
+    for i, delay in enumerate(delays):
+        hit = _signal_run(path, tmp / f"int{i}", delay, signal.SIGINT, from_folder=True)
+        _assert_interrupted(hit)
+        hits.append(hit)
+    landed = [h.landed for h in hits]
+    print(f"run {duration:.1f}s, folder at {folder_at:.1f}s; signals after the folder:",
+          [f"{h.delay:.1f}s {h.landed}" for h in hits])
+    assert landed.count("mid-run") >= 5, f"too few signals landed mid-run to test anything: {landed}"
+
+
+SWALLOWING_METRIC = """
+import time
+from pathlib import Path
+
+
+def score(outputs, targets):
+    # On its first call this metric does what a library may do with Ctrl-C (OpenVINO's PyTorch
+    # frontend does during ov.convert_model): catch the KeyboardInterrupt and carry on.
+    mark = Path(__file__).with_name("swallowing")
+    if not mark.exists():
+        mark.touch()
+        try:
+            time.sleep(60)
+        except KeyboardInterrupt:
+            pass
+    return {"score": 1.0}
+"""
+
+
+def test_ctrl_c_that_a_library_swallows_still_interrupts_the_run(tmp, ctrl_c):
+    (tmp / "metric.py").write_text(SWALLOWING_METRIC)
+    recipe = _small(OV_CHAIN)
+    recipe["metric"] = {"function": f"{tmp / 'metric.py'}:score"}
+    proc = _start(write_recipe(tmp, recipe), tmp / "runs")
+    deadline = time.monotonic() + 120
+    while not (tmp / "swallowing").exists():   # the first evaluation (the FP32 reference) has begun
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    folders = _folders(tmp / "runs")
+    assert proc.returncode == 130, stderr
+    assert len(folders) == 1 and json.loads((folders[0] / "run.json").read_text())["status"] == "interrupted"
+    assert not (folders[0] / "report.json").exists()
+
+
 def test_kill_at_random_points_then_resume_matches_an_uninterrupted_run(tmp, ctrl_c):
     recipe = write_recipe(tmp, _small(ORT_CHAIN))
     _, duration, clean = _timeline(recipe, tmp / "clean")
