@@ -88,6 +88,7 @@ class Hit:
     folder: Path | None = None
     status: str | None = None       # run.json's
     finished_at: float = 0.0        # run.json's mtime: when the last status was written
+    folder_seen_at: float = 0.0     # time.time() when the run folder was seen (with from_folder)
 
     @property
     def landed(self) -> str:
@@ -107,6 +108,7 @@ def _signal_run(recipe: Path, out: Path, delay: float, sig: signal.Signals, *, f
     if from_folder:
         while not _folders(out) and proc.poll() is None:
             time.sleep(0.02)
+    folder_seen_at = time.time()
     time.sleep(delay)
     sent_at = time.time()
     proc.send_signal(sig)
@@ -114,7 +116,7 @@ def _signal_run(recipe: Path, out: Path, delay: float, sig: signal.Signals, *, f
     folders = _folders(out)
     assert len(folders) <= 1
     folder = folders[0] if folders else None
-    hit = Hit(sig, delay, proc.returncode, sent_at, stderr, folder)
+    hit = Hit(sig, delay, proc.returncode, sent_at, stderr, folder, folder_seen_at=folder_seen_at)
     if folder is not None:
         status_file = folder / "run.json"
         hit.status = json.loads(status_file.read_text())["status"]
@@ -135,21 +137,23 @@ def _assert_interrupted(hit: Hit) -> None:
         assert hit.rc == 130 and hit.status == "interrupted", f"Ctrl-C did not interrupt the run: {hit}"
 
 
-def _timeline(recipe: Path, out: Path) -> tuple[float, float, dict]:
-    """An uninterrupted run: seconds until its run folder appears, until it exits, and its report."""
+def _timeline(recipe: Path, out: Path) -> tuple[float, float, float, dict]:
+    """An uninterrupted run: seconds until its run folder appears, from then until run.json says
+    done, until the process exits; and its report."""
     out.mkdir(parents=True)
     started = time.perf_counter()
     with open(out / "stdout", "w+") as stdout, open(out / "stderr", "w+") as stderr:   # files: nothing blocks
         proc = subprocess.Popen([sys.executable, "-m", "compress.cli", "run", str(recipe), "--out", str(out), "--json"],
                                 cwd=ROOT, stdout=stdout, stderr=stderr, text=True)
-        folder_at = None
+        folder_at = folder_seen_at = None
         while proc.poll() is None:
             if folder_at is None and _folders(out):
-                folder_at = time.perf_counter() - started
+                folder_at, folder_seen_at = time.perf_counter() - started, time.time()
             time.sleep(0.02)
         duration = time.perf_counter() - started
         assert proc.returncode == 0, (out / "stderr").read_text()
-    return folder_at or 0.0, duration, json.loads((out / "stdout").read_text())
+    span = (_folders(out)[0] / "run.json").stat().st_mtime - folder_seen_at
+    return folder_at, span, duration, json.loads((out / "stdout").read_text())
 
 
 # torch -> OpenVINO: ov.convert_model runs twice (the quantize stage, the FP32 OpenVINO baseline). Its
@@ -163,14 +167,17 @@ def test_ctrl_c_anywhere_in_a_run_interrupts_it(tmp, ctrl_c):
     recipe = _small(OV_CHAIN)
     recipe["data"]["calibration"]["samples"] = 64
     path = write_recipe(tmp, recipe)
-    folder_at, duration, _ = _timeline(path, tmp / "clean")
-    span = duration - folder_at   # the run proper: from its folder to the report (startup time varies more)
-    delays = [span * (0.02 + 0.88 * i / 7) for i in range(8)]
+    # Signals are timed from the run folder's appearance (startup time varies most) over the run
+    # proper, up to status done, in fractions of its length: late and early in turn, so that a run
+    # quicker than the timed one shows early, and the signals after it aim inside the quicker length.
+    folder_at, span, duration, _ = _timeline(path, tmp / "clean")
     hits = []
-    for i, delay in enumerate(delays):
-        hit = _signal_run(path, tmp / f"int{i}", delay, signal.SIGINT, from_folder=True)
+    for n, i in enumerate((7, 0, 6, 1, 5, 2, 4, 3)):
+        hit = _signal_run(path, tmp / f"int{n}", span * (0.02 + 0.88 * i / 7), signal.SIGINT, from_folder=True)
         _assert_interrupted(hit)
         hits.append(hit)
+        if hit.landed == "after":
+            span = min(span, hit.finished_at - hit.folder_seen_at)
     landed = [h.landed for h in hits]
     print(f"run {duration:.1f}s, folder at {folder_at:.1f}s; signals after the folder:",
           [f"{h.delay:.1f}s {h.landed}" for h in hits])
@@ -216,7 +223,7 @@ def test_ctrl_c_that_a_library_swallows_still_interrupts_the_run(tmp, ctrl_c):
 
 def test_kill_at_random_points_then_resume_matches_an_uninterrupted_run(tmp, ctrl_c):
     recipe = write_recipe(tmp, _small(ORT_CHAIN))
-    _, duration, clean = _timeline(recipe, tmp / "clean")
+    _, _, duration, clean = _timeline(recipe, tmp / "clean")
     expected = _summary(clean)
 
     rng = random.Random(7)
@@ -228,14 +235,16 @@ def test_kill_at_random_points_then_resume_matches_an_uninterrupted_run(tmp, ctr
         landed[sig].append(hit.landed)
         if sig == signal.SIGINT:
             _assert_interrupted(hit)
+        elif hit.landed == "after":   # the run had finished; the process may have exited too
+            assert hit.rc in (0, -signal.SIGKILL), hit
         else:
-            assert hit.rc == -signal.SIGKILL, hit
-            assert hit.status in (None, "running", "done"), hit
+            assert hit.rc == -signal.SIGKILL and hit.status in (None, "running"), hit
         if hit.folder is not None:   # SIGINT or SIGKILL, mid-run or done: --resume completes it
             result = cli("run", "--resume", hit.folder, "--json")
         else:  # killed before the run folder existed: nothing to resume, run again
             result = cli("run", recipe, "--out", out, "--json")
         assert result.returncode == 0, f"{hit}: {result.stderr}"
         assert _summary(json.loads(result.stdout)) == expected, str(hit)
+    print("landed:", {sig.name: where for sig, where in landed.items()})
     for sig, where in landed.items():
         assert where.count("mid-run") >= 3, f"too few {sig.name}s landed mid-run to test anything: {where}"
