@@ -1,6 +1,6 @@
 """`compress` command line: a thin typer layer over the Python API.
 
-Exit codes: 0 success, 1 unexpected error, 2 invalid input, 3 a gate failed.
+Exit codes: 0 success, 1 unexpected error, 2 invalid input, 3 a gate failed, 130 interrupted (Ctrl-C).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from . import interrupt
 from .errors import EXIT_GATE_FAILED, EXIT_UNEXPECTED, CompressError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -30,11 +31,15 @@ class ConsoleReporter:
         self.quiet = quiet
         self.t0 = time.perf_counter()
 
+    # The pipeline reports at every stage, baseline and validation: each report is also a point where a
+    # Ctrl-C that a library swallowed (see compress.interrupt) ends the run.
     def step(self, text: str) -> None:
+        interrupt.check()
         if not self.quiet:
             err.print(f"[bold cyan]{time.perf_counter() - self.t0:7.1f}s[/] {text}")
 
     def log(self, text: str) -> None:
+        interrupt.check()
         if not self.quiet:
             err.print(f"[dim]{time.perf_counter() - self.t0:7.1f}s   {text}[/]")
 
@@ -194,6 +199,7 @@ def run(recipe: Path | None = typer.Argument(None, help="recipe .yaml"),
     # Backends draw progress bars on stdout; keep stdout for the result (and pure JSON with --json).
     reporter = ConsoleReporter(quiet or as_json)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(interrupt.watch())   # Ctrl-C ends the run with 130 even if a library swallows it
         sink = stack.enter_context(open(os.devnull, "w")) if quiet else sys.stderr
         stack.enter_context(contextlib.redirect_stdout(sink))
         if resume is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from . import cache
+from . import cache, interrupt
 from . import report as report_mod
 from .artifacts import ARTIFACT_TYPES, Artifact, OnnxModel, TorchModel
 from .errors import ChainError, InputError, StageError
@@ -210,6 +210,7 @@ class Runner:
             self.folder.stage_done(planned.index)
             artifact = output
 
+        interrupt.check()   # a Ctrl-C a library swallowed ends the run here, before report.json exists
         gates = evaluate_gates(self.recipe, records[-1], reference, records)
         report = report_mod.assemble(
             recipe=self.recipe, plan=self.plan, run_dir=self.run_dir, started=self.folder.started,
