@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 import compress
 
 from conftest import ROOT, cli, fashion_recipe, write_recipe
