@@ -3,7 +3,8 @@ XNNPACK) and INT8 .ort (ONNX Runtime Mobile, converted for amd64 so x86 runs its
 the arm build is what ships) plus ONNX Runtime FP32 .onnx for scale. Every artifact is made by
 compress's own recipes and run by its real runtime on this CPU (not a phone), batch 1, pinned
 threads, interleaved rounds (median of per-round p50s). Accuracy: agreement with torch FP32 on
-real images (Fashion-MNIST product photos at 224 px; seeded random-init networks, no downloads).
+real images (Fashion-MNIST product photos at 224 px; seeded random-init networks with BatchNorm
+statistics re-estimated so activations are O(1) as in a trained network; nothing is downloaded).
 
     .venv/bin/python benchmarks/bench_mobile.py [--models resnet18 mobilenet_v2] [--threads 2] [--rounds 5]
 
@@ -30,7 +31,8 @@ from compress.validation import Agreement, latency_feeds, machine_info, measure_
 def recipe(model: str, stages: list[dict], threads: int) -> dict:
     return {
         "name": f"bench-mobile-{model}",
-        "model": {"source": "torchvision", "name": model, "input": {"shape": [1, 3, 224, 224]}},
+        "model": {"source": "python", "factory": str(ROOT / "benchmarks" / "torchvision_bn.py") + ":bn_recalibrated",
+                  "kwargs": {"name": model}, "input": {"shape": [1, 3, 224, 224]}},
         "data": {"calibration": {"path": str(ROOT / "calibration_data/fashion_png"), "samples": 64},
                  "eval": {"path": str(ROOT / "calibration_data/fashion_png"), "samples": 50},
                  "transform": {"resize": 224, "center_crop": 224, "mean": [0.485, 0.456, 0.406],

@@ -30,6 +30,7 @@ def no_compiler(tmp, monkeypatch) -> Path:
     return tmp / "torch_extensions"
 
 
+@pytest.mark.slow
 def test_qat_without_a_cpp_compiler_trains_with_pure_torch_fake_quant_and_says_so(tmp, no_compiler):
     recipe = fashion_recipe([{"type": "qat", "backend": "openvino", "finetune": {"epochs": 1}}], model=dict(SMALL_CNN))
     recipe["data"]["calibration"]["samples"] = 64
@@ -48,6 +49,7 @@ def test_qat_without_a_cpp_compiler_trains_with_pure_torch_fake_quant_and_says_s
     assert not list(no_compiler.rglob("build.ninja")), "a build was attempted"
 
 
+@pytest.mark.slow
 def test_install_step_without_a_compiler_exits_0_and_says_what_qat_uses(no_compiler):
     proc = subprocess.run([sys.executable, "-m", "compress.nncf_kernels"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)), check=False)
