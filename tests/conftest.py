@@ -94,3 +94,18 @@ def _fast_tests_run_no_pipeline(request: pytest.FixtureRequest, monkeypatch: pyt
     _FAST_TEST["nodeid"] = request.node.nodeid
     yield
     _FAST_TEST["nodeid"] = None
+
+
+@pytest.fixture(scope="session")
+def fashion_fp32_onnx(tmp_path_factory):
+    """The shipped Fashion CNN exported once: (parsed recipe, opened inputs, path of its FP32 .onnx)."""
+    import compress
+    from compress.convert import torch_to_onnx
+    from compress.inputs import open_inputs
+
+    parsed, base = compress.load(fashion_recipe([{"type": "export"}]))
+    inputs = open_inputs(parsed, base)
+    path = tmp_path_factory.mktemp("fashion-onnx") / "fp32.onnx"
+    torch_to_onnx(inputs.reference.module, inputs.spec, path)
+    return parsed, inputs, path
+

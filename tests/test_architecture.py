@@ -175,16 +175,9 @@ def test_no_backend_wrapper_hides_the_library_frame():
 
 # ---------------------------------------------------------------- handlers alone, no pipeline
 @pytest.fixture(scope="module")
-def fashion_parts(tmp_path_factory):
-    from compress.inputs import open_inputs
-
-    parsed, base = compress.load(fashion_recipe([{"type": "export"}]))
-    inputs = open_inputs(parsed, base)
-    onnx_dir = tmp_path_factory.mktemp("onnx")
-    from compress.convert import torch_to_onnx
-
-    torch_to_onnx(inputs.reference.module, inputs.spec, onnx_dir / "fp32.onnx")
-    return parsed, inputs, OnnxModel(path=onnx_dir / "fp32.onnx")
+def fashion_parts(fashion_fp32_onnx):
+    parsed, inputs, path = fashion_fp32_onnx
+    return parsed, inputs, OnnxModel(path=path)
 
 
 def _context(inputs, out: Path, where: str = "stages[0]", target=None):

@@ -17,23 +17,11 @@ from compress.runtimes import open_session
 from conftest import ROOT, cli, fashion_recipe
 
 
-@pytest.fixture(scope="module")
-def fashion_fp32_onnx(tmp_path_factory):
-    from compress.convert import torch_to_onnx
-    from compress.inputs import open_inputs
-
-    parsed, base = compress.load(fashion_recipe([{"type": "export"}]))
-    inputs = open_inputs(parsed, base)
-    path = tmp_path_factory.mktemp("onnx") / "fp32.onnx"
-    torch_to_onnx(inputs.reference.module, inputs.spec, path)
-    return path, inputs
-
-
 @pytest.mark.parametrize("platform", ["amd64", "arm"])
 def test_ort_file_gives_the_outputs_of_the_onnx_it_came_from(fashion_fp32_onnx, tmp, platform):
     from compress.runtimes.ort_mobile_runtime import convert
 
-    path, inputs = fashion_fp32_onnx
+    _, inputs, path = fashion_fp32_onnx
     ort_model = convert(path, tmp, platform=platform, type_reduction=True)
     assert isinstance(ort_model, OrtFormatModel) and ort_model.path.suffix == ".ort"
     config = [p.name for p in ort_model.files()[1:]]

@@ -112,16 +112,11 @@ def test_an_ort_u8_qdq_onnx_given_to_a_tensorrt_target_is_exit_2_naming_the_node
 
 
 @pytest.fixture(scope="module")
-def fashion_onnx_u8(tmp_path_factory):
+def fashion_onnx_u8(tmp_path_factory, fashion_fp32_onnx):
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    from compress.convert import torch_to_onnx
-    from compress.inputs import open_inputs
-
-    parsed, base = compress.load(fashion_recipe([{"type": "export"}]))
-    inputs = open_inputs(parsed, base)
+    _, inputs, fp32 = fashion_fp32_onnx
     folder = tmp_path_factory.mktemp("u8")
-    torch_to_onnx(inputs.reference.module, inputs.spec, folder / "fp32.onnx")
 
     class Reader:
         def __init__(self):
@@ -130,7 +125,7 @@ def fashion_onnx_u8(tmp_path_factory):
         def get_next(self):
             return next(self.batches, None)
 
-    quantize_static(str(folder / "fp32.onnx"), str(folder / "u8.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+    quantize_static(str(fp32), str(folder / "u8.onnx"), Reader(), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     return folder / "u8.onnx"
 
