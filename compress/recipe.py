@@ -322,8 +322,9 @@ class QatFinetune(FinetuneConfig):
 
 class QatConfig(StageBase):
     type: Literal["qat"]
-    backend: Literal["openvino", "onnxruntime"] = Field(
-        description="openvino: NNCF fake-quant -> OpenVINO IR; onnxruntime: NNCF fake-quant -> ONNX QDQ")
+    backend: Literal["openvino", "onnxruntime", "tensorrt"] = Field(
+        description="openvino: NNCF fake-quant -> OpenVINO IR; onnxruntime: NNCF fake-quant -> ONNX QDQ; tensorrt: "
+                    "NNCF fake-quant with signed activations -> TensorRT-style QDQ (int8, zero-point 0)")
     samples: int | None = Field(None, ge=1, le=MAX_SAMPLES,
                                 description="calibration samples that initialise the quantizer ranges (default 300)")
     preset: Literal["performance", "mixed"] = Field(
@@ -342,8 +343,8 @@ class QatConfig(StageBase):
     def _check(self) -> QatConfig:
         if self.freeze_bn_after is not None and self.fold_bn:
             raise ValueError("'freeze_bn_after' needs 'fold_bn: false' (folded BatchNorm has no statistics to freeze)")
-        if self.backend == "onnxruntime" and self.preset != "performance":
-            raise ValueError("'preset' applies to backend openvino only (ONNX Runtime QDQ export is symmetric)")
+        if self.backend in ("onnxruntime", "tensorrt") and self.preset != "performance":
+            raise ValueError("'preset' applies to backend openvino only (QDQ export is symmetric)")
         return self
 
 

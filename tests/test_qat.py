@@ -274,3 +274,28 @@ def test_a_pruned_model_goes_through_qat_and_keeps_its_smaller_layers(tmp):
     assert out_channels == [16, 32, 64]               # 32/64/128 channels pruned by half, BN folded
     ptq = qat["details"]["checkpoints"]["PTQ start"]["primary"]["value"]
     assert qat["primary"]["value"] > ptq + 5, (prune["primary"]["value"], ptq, qat["primary"]["value"])
+
+
+@pytest.mark.slow
+def test_qat_for_tensorrt_writes_int8_qdq_with_zero_points_tensorrt_accepts(tmp):
+    """NNCF makes post-ReLU activations uint8 by default; TensorRT takes int8 only, so backend tensorrt
+    forces signed activations and the file passes TensorRT's rules before a Jetson target takes it."""
+    import onnx
+
+    from compress.tensorrt.rules import check_qdq
+
+    recipe = _recipe([{"type": "qat", "backend": "tensorrt", "finetune": {"epochs": 1}},
+                      {"type": "compile", "target": "jetson-orin-nano"}], train_samples=1000)
+    result = compress.run(recipe, out=tmp)
+    qat, compiled = result.stages
+    assert qat["artifact"]["type"] == compiled["artifact"]["type"] == "TensorRTQDQModel"
+    model = onnx.load(str(result.run_dir / compiled["artifact"]["path"]))
+    inits = {i.name: i for i in model.graph.initializer}
+    zero_points = {onnx.numpy_helper.to_array(inits[n.input[2]]).dtype.name for n in model.graph.node
+                   if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] in inits}
+    assert zero_points == {"int8"} and check_qdq(model, tensorrt=">=10.3,<10.4") == []
+    assert all(row["passed"] for row in qat["details"]["tensorrt_checks"])
+    ptq = qat["details"]["checkpoints"]["PTQ start"]["primary"]["value"]
+    assert qat["details"]["signed_activations"] > 0 and compiled["runtime"] == "tensorrt-emulated"
+    # int8-only activations halve the levels of the post-ReLU ranges; one short epoch buys part of it back
+    assert compiled["primary"]["value"] >= ptq and compiled["primary"]["delta"] > -5.0, (ptq, compiled["primary"])

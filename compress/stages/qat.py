@@ -13,13 +13,22 @@ import re
 import warnings
 from pathlib import Path
 
-from ..artifacts import OnnxModel, OpenVinoModel, TorchModel
+from ..artifacts import OnnxModel, OpenVinoModel, TensorRTQDQModel, TorchModel
 from ..convert import save_openvino, stamp_onnx, to_openvino, torch_to_onnx
 from ..errors import ChainError, InputError, backend_call
 from ..nncf_kernels import prepare as prepare_kernels
 from ..recipe import QatConfig
 from ..runtimes import count_ops
-from . import PlanState, StageContext, add_checkpoint, finetune_notes, keep_last_good, quantized_nothing_gate, register
+from . import (
+    PlanState,
+    StageContext,
+    add_checkpoint,
+    check_notes,
+    finetune_notes,
+    keep_last_good,
+    quantized_nothing_gate,
+    register,
+)
 from .prune import _ignored
 from .quantize import CalibrationSamples, call_nncf
 
@@ -35,7 +44,7 @@ def _weighted_types() -> tuple:
 
 
 def _accepts(cfg: QatConfig, target) -> dict[type, type]:
-    return {TorchModel: OpenVinoModel if cfg.backend == "openvino" else OnnxModel}
+    return {TorchModel: {"openvino": OpenVinoModel, "onnxruntime": OnnxModel, "tensorrt": TensorRTQDQModel}[cfg.backend]}
 
 
 def fold_batchnorm(module) -> list[tuple[str, str]]:
@@ -98,9 +107,28 @@ def _insert_fake_quant(cfg: QatConfig, module, ctx: StageContext):
         ignored = nncf.IgnoredScope(patterns=[f"^{prefix}{re.escape(name.replace('.', '/'))}/" for name in cfg.ignore])
     preset = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}[cfg.preset]
     ctx.log(f"NNCF inserts fake-quant; ranges from {count} calibration samples")
-    return call_nncf(lambda: nncf.quantize(_wrapped(module), nncf.Dataset(CalibrationSamples(ctx, count, as_torch=True)),
-                                           preset=preset, subset_size=count, ignored_scope=ignored),
-                     ctx, bool(cfg.ignore), "NNCF could not insert fake-quant"), count
+    qmodel = call_nncf(lambda: nncf.quantize(_wrapped(module), nncf.Dataset(CalibrationSamples(ctx, count, as_torch=True)),
+                                             preset=preset, subset_size=count, ignored_scope=ignored),
+                       ctx, bool(cfg.ignore), "NNCF could not insert fake-quant")
+    if cfg.backend == "tensorrt":
+        ctx.details["signed_activations"] = _signed_activations(qmodel)
+        ctx.log(f"{ctx.details['signed_activations']} unsigned activation quantizer(s) made signed: TensorRT takes int8 only")
+    return qmodel, count
+
+
+def _signed_activations(qmodel) -> int:
+    """NNCF quantizes non-negative activations (after ReLU) as uint8; TensorRT's explicit quantization is int8
+    with zero-point 0 only. Make those quantizers signed (NNCF's own flag; its HW config refuses to force it at
+    quantize time), so QAT trains the exact int8 form TensorRT will run: half the levels of the uint8 range,
+    the price of TensorRT's scheme. Returns how many changed."""
+    from nncf.torch.quantization.layers import SymmetricQuantizer
+
+    changed = 0
+    for module in qmodel.modules():
+        if isinstance(module, SymmetricQuantizer) and not module.signed:
+            module.signed = True
+            changed += 1
+    return changed
 
 
 def _export(qmodel, cfg: QatConfig, ctx: StageContext, folder: Path, stamp: dict, nncf_model: bool = True):
@@ -116,6 +144,13 @@ def _export(qmodel, cfg: QatConfig, ctx: StageContext, folder: Path, stamp: dict
         else:
             out = _to_onnx_qdq(qmodel, ctx, folder / "model.onnx", stamp, nncf_model)
             quantizers = count_ops(out, {"QuantizeLinear"})
+            if cfg.backend == "tensorrt":   # the same QDQ file, checked against TensorRT's rules
+                from ..runtimes.tensorrt_runtime import checks
+
+                ctx.details["tensorrt_checks"] = checks(out.path, tensorrt=None)
+                out = TensorRTQDQModel(path=out.path, notes=[
+                    "accuracy and latency here are emulated (ONNX Runtime CPU), not the engine; `compress build` "
+                    "measures the engine on the device"])
     out.precision = "int8" if quantizers else "fp32"
     return out, quantizers
 
@@ -195,7 +230,7 @@ def _notes(record: dict) -> list[str]:
         notes.append(f"'PTQ start' is the model right after fake-quant insertion and range calibration on "
                      f"{d['samples']} samples, before training: post-training quantization (artifact "
                      f"{d['checkpoints']['PTQ start']['path']} in the stage folder)")
-    return notes + finetune_notes(record)
+    return notes + finetune_notes(record) + check_notes(record)
 
 
 @register(QatConfig, accepts=_accepts, check=_check, quantizes=lambda cfg: cfg.backend, forbids_after=_forbids_after,
