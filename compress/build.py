@@ -132,7 +132,7 @@ def _measure_accuracy(run_dir: Path | None, runner, target: Target, log) -> tupl
 
     from .validation import latency_feeds
 
-    if run_dir is None:   # an .onnx alone: random inputs of the profile's opt shape, latency only
+    if run_dir is None:   # the eval data and the reference model come from the run folder's recipe
         raise InputError("accuracy needs the run folder (its recipe and eval data): pass the run folder")
     import yaml
 

@@ -73,8 +73,7 @@ def backend_call(what: str, *, where: str | None = None, hint: str | None = None
     `StageError` ("<what>: <first line>") at the stage's YAML path, raised `from` the library's own
     exception so `--debug` shows the frame it came from. Exceptions in `settings_errors` mean the
     library refused the user's settings: an `InputError` (exit 2), "<rejected>: <first line>", at
-    `settings_where`. Our own
-    errors and interrupts pass through untouched."""
+    `settings_where`. Our own errors and interrupts pass through untouched."""
     try:
         yield
     except CompressError:

@@ -106,10 +106,10 @@ def open_pte(artifact: ExecuTorchModel, threads: int, **_) -> Session:
     fixed = int(meta.input_tensor_meta(0).sizes()[0]) if count else None
     names: list[str] | None = None
 
-    def infer(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def infer(feeds: dict[str, np.ndarray], _program=program) -> list[np.ndarray]:
+        # `_program`: a Method whose Program was garbage-collected crashes the process; keep it alive here
         nonlocal names
         names = names or list(feeds)
-        keep = program   # noqa: F841  (a Method without its Program crashes: keep it referenced)
         outs = method.execute([torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in names])
         return [o.numpy() if hasattr(o, "numpy") else np.asarray(o) for o in outs]
 
