@@ -174,7 +174,8 @@ def test_fold_batchnorm_keeps_outputs_and_skips_shared_convs():
 @pytest.mark.parametrize("stage, fragment", [
     ({"type": "qat", "backend": "openvino", "freeze_bn_after": 10}, "fold_bn: false"),
     ({"type": "qat", "backend": "onnxruntime", "preset": "mixed"}, "preset"),
-    ({"type": "qat", "backend": "tensorrt"}, "backend"),
+    ({"type": "qat", "backend": "executorch"}, "backend"),
+    ({"type": "qat", "backend": "tensorrt", "preset": "mixed"}, "preset"),
     ({"type": "qat", "backend": "openvino", "finetune": {"lr": 0}}, "finetune.lr"),
 ])
 def test_bad_qat_configs(stage, fragment):
