@@ -308,13 +308,14 @@ def _execute(the_plan: Plan, out_dir: Path, *, model=None, metric=None, reporter
     inputs = open_inputs(recipe, base, model=model, metric=metric)
     folder = RunFolder(recipe, [s.name for s in the_plan.stages],
                        {"base_dir": str(base), "out_dir": str(out_dir.resolve()), "resumable": inputs.resumable})
+    model_id = cache.model_identity(recipe.model, base, recipe.seed, model)
+    runner = Runner(the_plan, inputs, folder, reporter, cache_root=out_dir / ".cache", use_cache=use_cache,
+                    model_id=model_id)
+    # nothing between the folder's appearing (status running) and the try that records how the run ended
     if resume_dir is not None:
         folder.reopen(resume_dir)
     else:
         folder.create(out_dir)
-    model_id = cache.model_identity(recipe.model, base, recipe.seed, model)
-    runner = Runner(the_plan, inputs, folder, reporter, cache_root=out_dir / ".cache", use_cache=use_cache,
-                    model_id=model_id)
     try:
         report = runner.run()
     except BaseException as exc:
