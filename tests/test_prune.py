@@ -218,17 +218,24 @@ def _reference_state(recipe: dict, tmp) -> dict:
     return load_model(parsed.model, tmp, parsed.seed)[0].module.state_dict()
 
 
+def _prune_with_suggested_ignore(tmp, model: str, drop: float):
+    """Run the prune recipe with the ignore list the error suggests; the output head is kept by itself.
+    Returns the run and the state_dicts before and after."""
+    recipe = _raw_parameter_recipe(tmp, model, ["stem", "custom"], drop=drop)
+    result = compress.run(recipe, out=tmp)
+    stage = result.stages[0]
+    assert stage["details"]["ignored"] == ["stem", "custom", "head"]
+    after = torch.load(result.run_dir / stage["artifact"]["path"], weights_only=True)
+    return result, _reference_state(recipe, tmp), after
+
+
 @pytest.mark.slow
 def test_the_suggested_ignore_list_makes_the_raw_parameter_model_prunable(tmp):
     # the error above says: add 'custom' and the layer that feeds it to `ignore:`. With that list,
     # the plain conv after them is pruned; the ignored layers and the output head (kept by itself) are not.
-    recipe = _raw_parameter_recipe(tmp, "Deeper", ["stem", "custom"], drop=10.0)
-    result = compress.run(recipe, out=tmp)
+    result, before, after = _prune_with_suggested_ignore(tmp, "Deeper", drop=10.0)
     stage = result.stages[0]
     d = stage["details"]
-    assert d["ignored"] == ["stem", "custom", "head"]
-    before = _reference_state(recipe, tmp)
-    after = torch.load(result.run_dir / stage["artifact"]["path"], weights_only=True)
     assert {k: tuple(v.shape) for k, v in after.items()} == {
         "stem.weight": (16, 1, 3, 3), "stem.bias": (16,), "custom.weight": (16, 16, 3, 3),
         "body.weight": (16, 16, 3, 3), "body.bias": (16,), "head.weight": (10, 16), "head.bias": (10,)}
@@ -255,13 +262,9 @@ def test_the_suggested_ignore_list_makes_the_raw_parameter_model_prunable(tmp):
 @pytest.mark.slow
 def test_a_model_with_every_prunable_layer_ignored_comes_out_unchanged(tmp):
     # Net has nothing left once the suggested list is ignored: the stage runs and changes nothing
-    recipe = _raw_parameter_recipe(tmp, "Net", ["stem", "custom"], drop=0.0)
-    result = compress.run(recipe, out=tmp)
+    result, before, after = _prune_with_suggested_ignore(tmp, "Net", drop=0.0)
     stage = result.stages[0]
     d = stage["details"]
-    assert d["ignored"] == ["stem", "custom", "head"]
-    before = _reference_state(recipe, tmp)
-    after = torch.load(result.run_dir / stage["artifact"]["path"], weights_only=True)
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
     assert d["params"] == d["params_before"] == 2634
     assert d["macs"] == d["macs_before"] == result.report["reference"]["macs"]

@@ -92,7 +92,7 @@ def register_runtime(spec: RuntimeSpec) -> RuntimeSpec:
     return spec
 
 
-class Resolved:
+class Entry:
     """The entry for one artifact type with every field resolved through the class hierarchy."""
 
     def __init__(self, artifact_type: type):
@@ -116,21 +116,21 @@ class Resolved:
         return fn
 
 
-def runtime_for(artifact_or_type) -> Resolved:
+def runtime_for(artifact_or_type) -> Entry:
     cls = artifact_or_type if isinstance(artifact_or_type, type) else type(artifact_or_type)
-    return Resolved(cls)
+    return Entry(cls)
 
 
-def runtimes() -> list[Resolved]:
+def runtimes() -> list[Entry]:
     """Every registered runtime, in registration order."""
-    return [Resolved(cls) for cls in RUNTIMES]
+    return [Entry(cls) for cls in RUNTIMES]
 
 
-def runtime_named(name: str) -> Resolved | None:
+def runtime_named(name: str) -> Entry | None:
     return next((r for r in runtimes() if r.name == name), None)
 
 
-def for_target(runtime: str, fmt: str, *, where: str | None = None) -> Resolved:
+def for_target(runtime: str, fmt: str, *, where: str | None = None) -> Entry:
     """The artifact a target's `runtime` + `format` compile to; unknown pairs are an input error."""
     known = [r for r in runtimes() if r.format is not None]
     match = next((r for r in known if r.name == runtime and r.format == fmt), None)
@@ -141,7 +141,7 @@ def for_target(runtime: str, fmt: str, *, where: str | None = None) -> Resolved:
     return match
 
 
-def for_suffix(suffix: str) -> Resolved | None:
+def for_suffix(suffix: str) -> Entry | None:
     return next((r for r in runtimes() if suffix in r.suffixes), None)
 
 
