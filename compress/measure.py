@@ -169,13 +169,22 @@ class Measurer:
         record.update(precision=artifact.precision, artifact_type=artifact.kind)
         return record
 
-    def score(self, module, samples: int) -> tuple[str, float]:
-        """The recipe's primary metric for a torch module on the first `samples` eval samples, untimed."""
-        session = open_session(TorchModel(path=None, module=module), threads=self.resolved.threads)
+    def score(self, model, samples: int) -> tuple[str, float]:
+        """The recipe's primary metric on the first `samples` eval samples, untimed: of a torch module, or of
+        any artifact on its own runtime (calibration candidates, fallback steps)."""
+        artifact = model if isinstance(model, Artifact) else TorchModel(path=None, module=model)
+        session = open_session(artifact, threads=self.resolved.threads)
         result = evaluate(session, Head(self.inputs.eval, samples), batch_size=self.recipe.data.batch_size,
                           output_names=self.inputs.spec.outputs, reference=self.reference_outputs,
-                          metric=self.inputs.metric, label="in-stage check (torch)")
+                          metric=self.inputs.metric, label=f"in-stage check ({session.runtime})")
         return primary_metric(result, self.inputs.spec.outputs, self.primary)
+
+    def quick_latency(self, artifact: Artifact, runs: int = 20) -> float:
+        """p50 ms of `artifact` at the recipe's latency batch and threads, a short run: to compare candidates
+        inside a stage (the stage's output is timed properly, paired with its baseline)."""
+        session = open_session(artifact, threads=self.resolved.threads, static_batch=self.resolved.batch)
+        feeds = latency_feeds(self.inputs.eval, self.resolved.batch)
+        return measure_latency(session, feeds, warmup=3, runs=runs)["p50_ms"]
 
     def primary_of(self, record: dict) -> tuple[str, float]:
         return primary_metric(EvalResult(metrics=record["metrics"], agreement=record["agreement"]),

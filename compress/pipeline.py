@@ -235,7 +235,7 @@ class Runner:
                            resolved=self.resolved, target=planned.target, reference=inputs.reference,
                            eval=inputs.eval, train=inputs.train, log=self.reporter.log, run_dir=self.run_dir,
                            stage_dir=stage_dir, progress=self.reporter.progress, validate=measurer.checkpoint,
-                           score=measurer.score)
+                           score=measurer.score, quick_latency=measurer.quick_latency)
         ctx.details["stamp"] = {"recipe": self.recipe.name, "stage": planned.name,
                                 "config": planned.config.model_dump(mode="json"), "versions": self.versions}
         with atomic_dir(stage_dir) as tmp:

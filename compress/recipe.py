@@ -156,12 +156,20 @@ class QuantizeConfig(StageBase):
                     "(mode dynamic only, the model stays a torch module); tensorrt: NVIDIA ModelOpt's ONNX PTQ "
                     "on CPU, TensorRT-style symmetric QDQ (compress[tensorrt]); executorch: PT2E with XNNPACK's "
                     "quantizer, lowered to a .pte (compress[mobile])")
-    method: Literal["minmax", "percentile", "entropy"] | None = Field(
-        None, description="activation range estimation; default: the backend's own default"
+    method: Literal["minmax", "percentile", "entropy", "auto"] | None = Field(
+        None, description="activation range estimation; default: the backend's own default. auto: try the range "
+                          "estimators and accuracy-preserving options the backend offers, keep the best by the "
+                          "recipe's primary metric on the eval data (every candidate is in the report)"
     )
     samples: int | None = Field(None, ge=1, le=MAX_SAMPLES, description="calibration samples (default 300)")
-    preset: Literal["performance", "mixed"] = Field(
-        "performance", description="performance: symmetric activations; mixed: asymmetric activations"
+    preset: Literal["performance", "mixed"] | None = Field(
+        None, description="backend openvino: performance: symmetric activations; mixed: asymmetric activations; "
+                          "default: NNCF's (mixed for transformers, else performance)"
+    )
+    model_type: Literal["auto", "transformer", "generic"] = Field(
+        "auto", description="the library's scheme for a model family; auto: transformer when the graph has "
+                            "attention (NNCF ModelType.TRANSFORMER: SmoothQuant, no quantizers where they hurt "
+                            "attention; ONNX Runtime: activation x activation MatMuls stay float)"
     )
     scheme: Literal["auto", "u8s8", "u8s8_reduce_range", "s8s8"] = Field(
         "auto", description="ONNX Runtime INT8 scheme; auto picks by measured agreement on this CPU"
@@ -171,17 +179,18 @@ class QuantizeConfig(StageBase):
     high_precision: Literal["fp16", "fp32"] | None = Field(
         None, description="backend tensorrt: dtype of the layers left unquantized (TensorRT builds the graph as "
                           "typed); default: the TensorRT target's, else fp32")
-    bias_correction: Literal["full", "fast"] = Field(
-        "full", description="NNCF (backend openvino, static): re-estimate each layer's bias after quantization. "
-                            "full: from the quantized layers' real outputs on calibration data (recovers accuracy "
-                            "when INT8 shifts activations, e.g. small or pruned models); fast: NNCF's default, a "
-                            "per-layer estimate that is quicker on very large models")
+    bias_correction: Literal["full", "fast"] | None = Field(
+        None, description="NNCF (backend openvino, static): re-estimate each layer's bias after quantization. "
+                          "full: from the quantized layers' real outputs on calibration data (recovers accuracy "
+                          "when INT8 shifts activations, e.g. small or pruned CNNs); fast: NNCF's own default, a "
+                          "per-layer estimate. Default: full, except fast for transformers (measured: full bias "
+                          "correction costs a BERT encoder 3 points of cosine)")
 
     @model_validator(mode="after")
     def _check(self) -> QuantizeConfig:
         if self.mode == "dynamic":
-            for key, default in (("method", None), ("samples", None), ("preset", "performance"),
-                                 ("bias_correction", "full")):
+            for key, default in (("method", None), ("samples", None), ("preset", None), ("model_type", "auto"),
+                                 ("bias_correction", None)):
                 if getattr(self, key) != default:
                     raise ValueError(f"'{key}' applies to mode static only: dynamic quantization needs no calibration")
             if self.scheme not in ("auto", "u8s8", "u8s8_reduce_range"):
@@ -205,7 +214,7 @@ class QuantizeConfig(StageBase):
                 raise ValueError("backend 'tensorrt' is static INT8 (explicit QDQ from calibration)")
             if self.method == "percentile":
                 raise ValueError("method 'percentile' is not offered by ModelOpt; use minmax (its 'max') or entropy")
-            if self.scheme != "auto" or not self.per_channel or self.preset != "performance":
+            if self.scheme != "auto" or not self.per_channel or self.preset is not None:
                 raise ValueError("'scheme', 'per_channel' and 'preset' do not apply to backend tensorrt (TensorRT "
                                  "takes symmetric INT8: per-channel weights, per-tensor activations)")
         elif self.high_precision is not None:
@@ -213,12 +222,15 @@ class QuantizeConfig(StageBase):
         if self.backend == "executorch":
             if self.mode != "static":
                 raise ValueError("backend 'executorch' is static INT8 (XNNPACK has no weight-only INT8)")
-            if self.method not in (None, "minmax") or self.scheme != "auto" or self.preset != "performance":
+            if self.method not in (None, "minmax", "auto") or self.scheme != "auto" or self.preset is not None:
                 raise ValueError("backend 'executorch' takes XNNPACK's symmetric INT8 with min/max observers: "
                                  "'method' (other than minmax), 'scheme' and 'preset' do not apply")
-        if self.backend == "onnxruntime" and self.preset != "performance":
+        if self.model_type != "auto" and self.backend not in ("openvino", "onnxruntime"):
+            raise ValueError("'model_type' applies to backends openvino and onnxruntime (their libraries have a "
+                             "transformer scheme); ModelOpt and XNNPACK quantize every family alike")
+        if self.backend == "onnxruntime" and self.preset is not None:
             raise ValueError("'preset' applies to backend openvino only; use 'scheme' for onnxruntime")
-        if self.backend != "openvino" and self.bias_correction != "full":
+        if self.backend != "openvino" and self.bias_correction is not None:
             raise ValueError("'bias_correction' applies to backend openvino only (ONNX Runtime's quantize_static "
                              "has no bias correction)")
         return self

@@ -60,9 +60,12 @@ class StageContext:
     progress: Callable[[str, int], Progress] = lambda description, total: Progress()   # a bar for long loops
     # validate an intermediate artifact like a stage output (record with metric, delta, latency)
     validate: Callable[[Artifact, str], dict] | None = None
-    # the recipe's primary metric (user metric, labels or agreement with FP32) of a torch module on the
-    # first N eval samples: quick checks inside a stage (fine-tuning epochs, pruning sensitivity)
+    # the recipe's primary metric (user metric, labels or agreement with FP32) of a torch module or an
+    # artifact on the first N eval samples: quick checks inside a stage (fine-tuning epochs, pruning
+    # sensitivity, calibration candidates)
     score: Callable[[object, int], tuple[str, float]] | None = None
+    # p50 ms of an artifact in a short run at the recipe's latency batch and threads (candidates inside a stage)
+    quick_latency: Callable[[Artifact], float] | None = None
 
     @property
     def threads(self) -> int:

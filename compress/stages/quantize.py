@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import json
+import shutil
 import subprocess
 import sys
 from itertools import islice
@@ -70,34 +71,92 @@ def call_nncf(fn, ctx: StageContext, has_ignore: bool, failure: str):
         return fn()
 
 
+NNCF_ESTIMATORS = {"minmax": "MINMAX", "percentile": "MEAN_QUANTILE", "histogram": "HISTOGRAM"}
+
+
+def _nncf_settings(cfg: QuantizeConfig, family: str) -> dict:
+    """The recipe's NNCF settings as one dict (what a calibration candidate varies)."""
+    bias = cfg.bias_correction or ("fast" if family == "transformer" else "full")
+    return {"estimator": None if cfg.method == "auto" else cfg.method, "bias_correction": bias, "preset": cfg.preset,
+            "channel_alignment": False, "smooth_quant": None, "model_type": family}
+
+
+def _nncf_quantize(model, settings: dict, cfg: QuantizeConfig, ctx: StageContext, count: int):
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    advanced = {}
+    if settings["estimator"] is not None:
+        advanced["activations_range_estimator_params"] = getattr(RangeEstimatorParametersSet,
+                                                                 NNCF_ESTIMATORS[settings["estimator"]])
+    if settings["channel_alignment"]:
+        advanced["disable_channel_alignment"] = False
+    if settings["smooth_quant"] is not None:
+        advanced["smooth_quant_alphas"] = AdvancedSmoothQuantParameters(matmul=settings["smooth_quant"])
+    preset = None if settings["preset"] is None else \
+        {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}[settings["preset"]]
+    model_type = nncf.ModelType.TRANSFORMER if settings["model_type"] == "transformer" else None
+    ignored = nncf.IgnoredScope(names=list(cfg.ignore)) if cfg.ignore else None
+    return call_nncf(lambda: nncf.quantize(model, nncf.Dataset(CalibrationSamples(ctx, count)), preset=preset,
+                                           model_type=model_type, subset_size=count, ignored_scope=ignored,
+                                           fast_bias_correction=settings["bias_correction"] == "fast",
+                                           advanced_parameters=AdvancedQuantizationParameters(**advanced)),
+                     ctx, bool(cfg.ignore), "NNCF quantization failed")
+
+
+def _nncf_variants(best: dict) -> list[tuple[str, dict]]:
+    """Second round of `method: auto`: NNCF's accuracy-preserving options on the best range estimator."""
+    out = [("channel alignment", {**best, "channel_alignment": True}),
+           ("fast bias correction", {**best, "bias_correction": "fast"})]
+    if best["model_type"] == "transformer":
+        out += [(f"SmoothQuant alpha {a}", {**best, "smooth_quant": a}) for a in (0.5, 0.8)]
+        out.append(("no SmoothQuant", {**best, "smooth_quant": -1}))
+    else:
+        out.append(("preset mixed", {**best, "preset": "mixed"}))
+    return out
+
+
 def _quantize_nncf(cfg: QuantizeConfig, artifact, ctx: StageContext) -> OpenVinoModel:
     import nncf
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
-    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    from ..families import attention_matmuls_openvino, decide
+    from .calibration import search
 
     model = to_openvino(artifact, ctx.spec)
     count = _samples(cfg, ctx)
-    advanced = None
-    estimators = {"minmax": RangeEstimatorParametersSet.MINMAX, "percentile": RangeEstimatorParametersSet.MEAN_QUANTILE}
-    if cfg.method is not None:
-        advanced = AdvancedQuantizationParameters(activations_range_estimator_params=estimators[cfg.method])
-    preset = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}[cfg.preset]
-    ignored = nncf.IgnoredScope(names=list(cfg.ignore)) if cfg.ignore else None
-    ctx.log(f"NNCF calibration on {count} samples")
-    quantized = call_nncf(lambda: nncf.quantize(model, nncf.Dataset(CalibrationSamples(ctx, count)), preset=preset,
-                                                subset_size=count, ignored_scope=ignored,
-                                                fast_bias_correction=cfg.bias_correction == "fast",
-                                                advanced_parameters=advanced),
-                          ctx, bool(cfg.ignore), "NNCF quantization failed")
-    out = save_openvino(quantized, ctx.out_dir / "model.xml", ctx.details.get("stamp", {}))
-    out.precision = "int8"
-    ctx.details.update(backend="nncf", nncf=nncf.__version__, samples=count, preset=cfg.preset,
-                       method=cfg.method or "nncf default", bias_correction=cfg.bias_correction,
-                       quantize_ops=count_ops(out, {"FakeQuantize"}))
+    family, why = decide(cfg.model_type, attention_matmuls_openvino(model))
+    settings = _nncf_settings(cfg, family)
+
+    def build(candidate: dict, folder: Path) -> OpenVinoModel:
+        ctx.log(f"NNCF calibration on {count} samples ({_describe(candidate)})")
+        built = save_openvino(_nncf_quantize(model, candidate, cfg, ctx, count), folder / "model.xml",
+                              ctx.details.get("stamp", {}))
+        built.precision = "int8"
+        return built
+
+    if cfg.method == "auto":
+        first = [(name, {**settings, "estimator": est}) for name, est in
+                 (("nncf default", None), ("minmax", "minmax"), ("percentile", "percentile"),
+                  ("histogram", "histogram"))]
+        out, settings = search(ctx, first, _nncf_variants, build, ctx.out_dir)
+    else:
+        out = build(settings, ctx.out_dir)
+    ctx.details.update(backend="nncf", nncf=nncf.__version__, samples=count,
+                       preset=settings["preset"] or ("mixed (NNCF default for transformers)" if family == "transformer"
+                                                     else "performance (NNCF default)"),
+                       method=cfg.method or "nncf default", estimator=settings["estimator"] or "nncf default",
+                       bias_correction=settings["bias_correction"], model_type=family, model_type_reason=why,
+                       channel_alignment=settings["channel_alignment"],
+                       smooth_quant=settings["smooth_quant"], quantize_ops=count_ops(out, {"FakeQuantize"}))
     if ctx.details["quantize_ops"] == 0:
         out.precision = "fp32"
         out.notes.append("NNCF found no layer to quantize: the artifact stays FP32")
     return out
+
+
+def _describe(settings: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in settings.items() if v not in (None, False))
 
 
 # ---------------------------------------------------------------- ONNX Runtime quantize_static
@@ -137,18 +196,32 @@ class _Reader:
         return feeds
 
 
-def _ort_quantize(src: Path, dst: Path, scheme: str, cfg: QuantizeConfig, ctx: StageContext, count: int,
-                  cache: Path) -> None:
+ORT_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy", "distribution": "Distribution"}
+
+
+def _ort_settings(cfg: QuantizeConfig, scheme: str, family: str) -> dict:
+    return {"calibration": cfg.method or "minmax", "scheme": scheme, "per_channel": cfg.per_channel,
+            "symmetric_activations": False, "moving_average": False, "matmul_const_b_only": family == "transformer"}
+
+
+def _ort_quantize(src: Path, dst: Path, settings: dict, cfg: QuantizeConfig, ctx: StageContext, count: int,
+                  work: Path) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    act, weight, reduce_range = SCHEMES[scheme]
-    method = {None: CalibrationMethod.MinMax, "minmax": CalibrationMethod.MinMax,
-              "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}[cfg.method]
-    quantize_static(str(src), str(dst), _Reader(ctx, count), quant_format=QuantFormat.QDQ,
-                    per_channel=cfg.per_channel, reduce_range=reduce_range,
-                    activation_type=getattr(QuantType, act), weight_type=getattr(QuantType, weight),
-                    nodes_to_exclude=list(cfg.ignore) or None, calibrate_method=method,
-                    calibration_cache_path=str(cache))
+    act, weight, reduce_range = SCHEMES[settings["scheme"]]
+    extra = {"ActivationSymmetric": settings["symmetric_activations"], "CalibMovingAverage": settings["moving_average"],
+             "MatMulConstBOnly": settings["matmul_const_b_only"]}
+    # ranges depend on the calibration settings only: candidates that share them share one calibration pass
+    cache = work / f"ranges-{settings['calibration']}-{int(settings['moving_average'])}.json"
+    with backend_call("ORT quantization failed", where=ctx.where,
+                      settings_errors=(ValueError, KeyError) if cfg.ignore else (),
+                      settings_where=f"{ctx.where}.ignore", rejected="ORT rejected the settings"):
+        quantize_static(str(src), str(dst), _Reader(ctx, count), quant_format=QuantFormat.QDQ,
+                        per_channel=settings["per_channel"], reduce_range=reduce_range,
+                        activation_type=getattr(QuantType, act), weight_type=getattr(QuantType, weight),
+                        nodes_to_exclude=list(cfg.ignore) or None,
+                        calibrate_method=getattr(CalibrationMethod, ORT_METHODS[settings["calibration"]]),
+                        extra_options=extra, calibration_cache_path=str(cache))
 
 
 def _selection_feeds(ctx: StageContext) -> list[dict[str, np.ndarray]]:
@@ -170,8 +243,34 @@ def _agreement(candidate: Path, fp32: list[list[np.ndarray]], feeds: list[dict],
     return agree.result()
 
 
+def _schemes(cfg: QuantizeConfig, ctx: StageContext) -> tuple[list[str], str]:
+    if cfg.scheme != "auto":
+        return [cfg.scheme], "set in the recipe"
+    if ctx.resolved.vnni:
+        return ["u8s8"], "this CPU has VNNI, where ORT's default U8S8 does not saturate"
+    return (["u8s8", "u8s8_reduce_range", "s8s8"],
+            "this CPU lacks VNNI, where U8S8 can saturate (ORT docs); each scheme was tried and the one that agrees "
+            "best with FP32 was kept")
+
+
+def _ort_variants(schemes: list[str]):
+    """Second round of `method: auto`: ORT's accuracy-preserving options on the best calibration method."""
+    def variants(best: dict) -> list[tuple[str, dict]]:
+        out = [(f"scheme {s}", {**best, "scheme": s}) for s in schemes if s != best["scheme"]]
+        out += [("symmetric activations", {**best, "symmetric_activations": True}),
+                ("per-tensor weights" if best["per_channel"] else "per-channel weights",
+                 {**best, "per_channel": not best["per_channel"]})]
+        if best["calibration"] == "minmax":
+            out.append(("moving-average min/max", {**best, "moving_average": True}))
+        return out
+    return variants
+
+
 def _quantize_onnxruntime(cfg: QuantizeConfig, artifact: OnnxModel, ctx: StageContext) -> OnnxModel:
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from ..families import attention_matmuls_onnx, decide
+    from .calibration import search
 
     count = _samples(cfg, ctx)
     work = ctx.out_dir / "work"
@@ -182,48 +281,49 @@ def _quantize_onnxruntime(cfg: QuantizeConfig, artifact: OnnxModel, ctx: StageCo
             contextlib.chdir(work):  # ORT writes shape-inference temp files into the working directory
         quant_pre_process(str(artifact.path.absolute()), str(prepared.absolute()), skip_symbolic_shape=False,
                           auto_merge=True)
-
-    if cfg.scheme != "auto":
-        candidates, reason = [cfg.scheme], "set in the recipe"
-    elif ctx.resolved.vnni:
-        candidates = ["u8s8"]
-        reason = "this CPU has VNNI, where ORT's default U8S8 does not saturate"
-    else:
-        candidates = ["u8s8", "u8s8_reduce_range", "s8s8"]
-        reason = ("this CPU lacks VNNI, where U8S8 can saturate (ORT docs); "
-                  "each scheme was tried and the one that agrees best with FP32 was kept")
+    family, why = decide(cfg.model_type, attention_matmuls_onnx(prepared))
+    candidates, reason = _schemes(cfg, ctx)
     threads = ctx.threads
-    cache = work / "calibration.cache"
     results: dict[str, dict] = {}
-    if len(candidates) > 1:
-        feeds = _selection_feeds(ctx)
-        fp32_session = open_session(OnnxModel(path=prepared), threads=threads)
-        fp32 = [fp32_session.run(f) for f in feeds]
-    for scheme in candidates:
-        ctx.log(f"ORT quantize_static ({scheme}, {cfg.method or 'minmax'}, {count} samples)")
-        dst = work / f"{scheme}.onnx"
-        with backend_call("ORT quantization failed", where=ctx.where,
-                          settings_errors=(ValueError, KeyError) if cfg.ignore else (),
-                          settings_where=f"{ctx.where}.ignore", rejected="ORT rejected the settings"):
-            _ort_quantize(prepared, dst, scheme, cfg, ctx, count, cache)
-        if len(candidates) > 1:
-            results[scheme] = _agreement(dst, fp32, feeds, threads)
-    if len(candidates) > 1:
-        def key(s):
-            return (round(results[s].get("top1_agreement", 0.0), 1), round(results[s]["cosine"], 4))
-        chosen = max(candidates, key=key)  # ties keep the earlier (default) scheme
-    else:
-        chosen = candidates[0]
     path = ctx.out_dir / "model.onnx"
-    (work / f"{chosen}.onnx").rename(path)
-    stamp_onnx(path, ctx.details.get("stamp", {}))
-    out = OnnxModel(path=path, precision="int8")
-    ctx.details.update(backend="onnxruntime", samples=count, method=cfg.method or "minmax", format="QDQ",
-                       per_channel=cfg.per_channel, scheme=chosen, scheme_reason=reason,
-                       scheme_candidates=results, quantize_ops=count_ops(out, {"QuantizeLinear"}))
-    for leftover in work.iterdir():
-        leftover.unlink()
-    work.rmdir()
+
+    def build(settings: dict, folder: Path) -> OnnxModel:
+        ctx.log(f"ORT quantize_static ({_describe(settings)}, {count} samples)")
+        _ort_quantize(prepared, folder / "model.onnx", settings, cfg, ctx, count, work)
+        return OnnxModel(path=folder / "model.onnx", precision="int8")
+
+    if cfg.method == "auto":
+        first = [(m, _ort_settings(cfg, candidates[0], family) | {"calibration": m}) for m in ORT_METHODS]
+        out, settings = search(ctx, first, _ort_variants(candidates), build, ctx.out_dir)
+        chosen, reason = settings["scheme"], "chosen with the calibration settings by the recipe's metric"
+    else:
+        if len(candidates) > 1:
+            feeds = _selection_feeds(ctx)
+            fp32_session = open_session(OnnxModel(path=prepared), threads=threads)
+            fp32 = [fp32_session.run(f) for f in feeds]
+        for scheme in candidates:
+            (work / scheme).mkdir()
+            build(_ort_settings(cfg, scheme, family), work / scheme)
+            if len(candidates) > 1:
+                results[scheme] = _agreement(work / scheme / "model.onnx", fp32, feeds, threads)
+        if len(candidates) > 1:
+            def key(s):
+                return (round(results[s].get("top1_agreement", 0.0), 1), round(results[s]["cosine"], 4))
+            chosen = max(candidates, key=key)  # ties keep the earlier (default) scheme
+        else:
+            chosen = candidates[0]
+        settings = _ort_settings(cfg, chosen, family)
+        (work / chosen / "model.onnx").rename(path)
+        out = OnnxModel(path=path, precision="int8")
+    stamp_onnx(out.path, ctx.details.get("stamp", {}))
+    ctx.details.update(backend="onnxruntime", samples=count, method=cfg.method or "minmax",
+                       calibration=settings["calibration"], format="QDQ", per_channel=settings["per_channel"],
+                       scheme=chosen, scheme_reason=reason, scheme_candidates=results,
+                       symmetric_activations=settings["symmetric_activations"],
+                       moving_average=settings["moving_average"], model_type=family, model_type_reason=why,
+                       matmul_const_b_only=settings["matmul_const_b_only"],
+                       quantize_ops=count_ops(out, {"QuantizeLinear"}))
+    shutil.rmtree(work)
     if ctx.details["quantize_ops"] == 0:
         out.precision = "fp32"
         out.notes.append("ORT found no layer to quantize: the artifact stays FP32")
@@ -245,7 +345,6 @@ def _quantize_modelopt(cfg: QuantizeConfig, artifact, ctx: StageContext) -> Tens
     weights, per-tensor activations, one DQ at residual adds), checked against TensorRT's rules."""
     import importlib.util
     import re
-    import shutil
 
     if importlib.util.find_spec("modelopt") is None:
         raise InputError("backend tensorrt needs NVIDIA ModelOpt, which is not installed", where=f"{ctx.where}.backend",
@@ -272,21 +371,37 @@ def _quantize_modelopt(cfg: QuantizeConfig, artifact, ctx: StageContext) -> Tens
     data = _calibration_array(ctx, count)
     batch = max(d for d in range(1, min(ctx.resolved.batch_size, count) + 1) if count % d == 0)
     shapes = ",".join(f"{s.name}:{'x'.join(str(d) for d in [batch, *s.shape[1:]])}" for s in ctx.spec.inputs)
-    method = {None: "max", "minmax": "max", "entropy": "entropy"}[cfg.method]
     high = cfg.high_precision or ctx.resolved.high_precision or "fp32"
-    path = ctx.out_dir / "model.onnx"
-    ctx.log(f"ModelOpt ONNX PTQ (int8, {method}, {count} samples, {high} for the rest; CPU calibration)")
     np.savez(work / "calibration.npz", **data)
-    args = {"source": str(source), "calibration": str(work / "calibration.npz"), "method": method, "shapes": shapes,
-            "output": str(path), "high_precision": high, "exclude": [f"^{re.escape(n)}$" for n in cfg.ignore]}
-    (work / "args.json").write_text(json.dumps(args))
-    # its own process: importing ModelOpt's ONNX quantization patches ONNX Runtime's quantizer in place
-    done = subprocess.run([sys.executable, "-m", "compress.tensorrt.modelopt_worker", str(work / "args.json")],
-                          capture_output=True, text=True, cwd=work)
-    if done.returncode != 0 or not path.is_file():
-        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-        raise StageError(f"ModelOpt ONNX quantization failed: {lines[-1] if lines else f'exit {done.returncode}'}",
-                         where=ctx.where)
+
+    def build(settings: dict, folder: Path) -> TensorRTQDQModel:
+        method = settings["calibration"]
+        ctx.log(f"ModelOpt ONNX PTQ (int8, {method}, {count} samples, {high} for the rest; CPU calibration)")
+        output = folder / "model.onnx"
+        fresh = work / f"fp32-{method}.onnx"   # ModelOpt rewrites its input in place: each run gets a copy
+        shutil.copyfile(source, fresh)
+        args = {"source": str(fresh), "calibration": str(work / "calibration.npz"), "method": method,
+                "shapes": shapes, "output": str(output), "high_precision": high,
+                "exclude": [f"^{re.escape(n)}$" for n in cfg.ignore]}
+        (work / "args.json").write_text(json.dumps(args))
+        # its own process: importing ModelOpt's ONNX quantization patches ONNX Runtime's quantizer in place
+        done = subprocess.run([sys.executable, "-m", "compress.tensorrt.modelopt_worker", str(work / "args.json")],
+                              capture_output=True, text=True, cwd=work)
+        if done.returncode != 0 or not output.is_file():
+            lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+            raise StageError(f"ModelOpt ONNX quantization failed: {lines[-1] if lines else f'exit {done.returncode}'}",
+                             where=ctx.where)
+        return TensorRTQDQModel(path=output, precision="int8")
+
+    if cfg.method == "auto":
+        from .calibration import search
+
+        first = [(m, {"calibration": m}) for m in ("max", "entropy")]
+        out, settings = search(ctx, first, lambda best: [], build, ctx.out_dir)
+        method, path = settings["calibration"], out.path
+    else:
+        method = {None: "max", "minmax": "max", "entropy": "entropy"}[cfg.method]
+        path = build({"calibration": method}, ctx.out_dir).path
     shutil.rmtree(work)
     stamp_onnx(path, ctx.details.get("stamp", {}))
     out = TensorRTQDQModel(path=path, precision="int8")
@@ -355,6 +470,8 @@ def _quantize_pt2e(cfg: QuantizeConfig, artifact: TorchModel, ctx: StageContext)
     lower(torch.export.export(converted, ctx.spec.example_tensors(batch=1)), path, quantized=True, where=ctx.where)
     out = ExecuTorchModel(path=path, precision="int8" if counts["weighted_int8"] else "fp32", notes=[WHERE_TIMED])
     ctx.details.update(backend="executorch", quantizer="XNNPACKQuantizer (symmetric INT8)", samples=count,
+                       method="minmax" + (" (auto: XNNPACK's quantizer offers min/max observers only)"
+                                          if cfg.method == "auto" else ""),
                        per_channel=cfg.per_channel, quantize_ops=counts["weighted_int8"],
                        weighted_layers=counts["weighted"], ignored=list(cfg.ignore))
     if not counts["weighted_int8"]:
@@ -510,12 +627,22 @@ def _reads(cfg: QuantizeConfig) -> tuple[str, ...]:
 
 def _notes(record: dict) -> list[str]:
     d = record["details"]
+    lines = []
+    if "model_type" in d:
+        lines.append(f"model type {d['model_type']} ({d['model_type_reason']})")
+    tried = d.get("calibration_candidates")
+    if tried:
+        ranking = d["calibration_ranking"]
+        lines.append(f"method auto, {len(tried)} candidates by {ranking['metric']} on {ranking['samples']} eval samples"
+                     + ("" if ranking["separated"] else " (the metric did not separate them: the default was kept)")
+                     + ": " + "; ".join(f"{t['name']} {next(iter(t['metric'].values())):.2f} {t['latency_ms']:.2f} ms"
+                                        + (" (kept)" if t["chosen"] else "") for t in tried))
     if "scheme" not in d:
-        return check_notes(record)
-    tried = d.get("scheme_candidates")
-    return [f"ORT scheme {d['scheme']} ({d['scheme_reason']})" + (": " + ", ".join(
-        f"{k} top-1 agreement {v.get('top1_agreement', float('nan')):.2f}%, cos {v['cosine']:.4f}"
-        for k, v in tried.items()) if tried else "")]
+        return lines + check_notes(record)
+    schemes = d.get("scheme_candidates")
+    tried_schemes = ": " + ", ".join(f"{k} top-1 agreement {v.get('top1_agreement', float('nan')):.2f}%, "
+                                     f"cos {v['cosine']:.4f}" for k, v in schemes.items()) if schemes else ""
+    return [*lines, f"ORT scheme {d['scheme']} ({d['scheme_reason']}){tried_schemes}"]
 
 
 @register(QuantizeConfig, accepts=_accepts, quantizes=lambda cfg: cfg.backend, forbids_after=_forbids_after,

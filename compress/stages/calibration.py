@@ -1,0 +1,72 @@
+"""`method: auto`: calibration settings chosen by evidence.
+
+Each candidate is a complete quantization by the backend's own library (NNCF, ONNX Runtime,
+ModelOpt) with one set of settings; it is scored with the recipe's primary metric on the first
+eval samples, on the runtime the artifact runs on, and timed briefly. Round one tries the range
+estimators the backend offers; round two tries the library's accuracy-preserving options on the
+best of round one (channel alignment, bias correction, SmoothQuant, symmetric activations...).
+The best by the metric is kept (ties keep the earlier, more default candidate); every candidate
+goes into the stage's details for the report.
+"""
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from ..artifacts import Artifact
+from ..errors import StageError
+from . import StageContext
+
+RANKING_SAMPLES = 300
+
+
+def _size_mb(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
+
+
+def search(ctx: StageContext, first: list[tuple[str, dict]], variants: Callable[[dict], list[tuple[str, dict]]],
+           build: Callable[[dict, Path], Artifact], out_dir: Path) -> tuple[Artifact, dict]:
+    """Build and score `first`, then `variants(best settings)`; move the winner's files into `out_dir`."""
+    if ctx.score is None or ctx.quick_latency is None:
+        raise StageError("method auto needs the runner's scoring (run it through compress run)", where=ctx.where)
+    samples = min(RANKING_SAMPLES, len(ctx.eval)) if ctx.eval is not None else RANKING_SAMPLES
+    work = out_dir / "candidates"
+    tried: list[dict] = []
+    built: dict[int, Artifact] = {}
+    sign = 1 if ctx.resolved.higher_is_better else -1
+
+    def attempt(name: str, settings: dict) -> None:
+        if any(t["settings"] == settings for t in tried):
+            return
+        folder = work / str(len(tried))
+        folder.mkdir(parents=True)
+        artifact = build(settings, folder)
+        metric, value = ctx.score(artifact, samples)
+        latency = ctx.quick_latency(artifact)
+        ctx.log(f"candidate {name}: {metric} {value:.2f}, {latency:.3f} ms")
+        built[len(tried)] = artifact
+        tried.append({"name": name, "settings": dict(settings), "metric": {metric: value}, "latency_ms": latency,
+                      "size_mb": round(_size_mb(folder), 3), "chosen": False})
+
+    def best() -> int:
+        values = [sign * next(iter(t["metric"].values())) for t in tried]
+        return values.index(max(values))   # the first of equals: the more default settings
+
+    for name, settings in first:
+        attempt(name, settings)
+    for name, settings in variants(tried[best()]["settings"]):
+        attempt(name, settings)
+    winner = best()
+    tried[winner]["chosen"] = True
+    artifact = built[winner]
+    folder = artifact.path.parent
+    for item in folder.iterdir():
+        item.rename(out_dir / item.name)
+    artifact.path = out_dir / artifact.path.name
+    shutil.rmtree(work)
+    values = {next(iter(t["metric"].values())) for t in tried}
+    ctx.details["calibration_candidates"] = tried
+    ctx.details["calibration_ranking"] = {"samples": samples, "metric": next(iter(tried[0]["metric"])),
+                                          "separated": len(values) > 1}
+    return artifact, tried[winner]["settings"]
