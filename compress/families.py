@@ -17,7 +17,8 @@ _HOPS = 4
 
 
 def attention_matmuls_openvino(model) -> int:
-    """MatMuls of two activations within a few reshape/scale hops of a Softmax, in an OpenVINO model."""
+    """MatMuls of two activations within a few reshape/scale hops of a Softmax, in an OpenVINO model; a fused
+    ScaledDotProductAttention op (OpenVINO's frontends make them) counts as its two MatMuls."""
     def constant(output, depth=0) -> bool:
         node = output.get_node()
         kind = node.get_type_name()
@@ -44,8 +45,10 @@ def attention_matmuls_openvino(model) -> int:
             frontier = following
         return False
 
-    return sum(1 for op in model.get_ops() if op.get_type_name() == "MatMul"
-               and not any(constant(v) for v in op.input_values()) and near_softmax(op))
+    ops = list(model.get_ops())
+    fused = sum(op.get_type_name() == "ScaledDotProductAttention" for op in ops)   # OpenVINO's fused attention
+    return 2 * fused + sum(1 for op in ops if op.get_type_name() == "MatMul"
+                           and not any(constant(v) for v in op.input_values()) and near_softmax(op))
 
 
 def attention_matmuls_onnx(path: Path) -> int:

@@ -169,7 +169,8 @@ class QuantizeConfig(StageBase):
     model_type: Literal["auto", "transformer", "generic"] = Field(
         "auto", description="the library's scheme for a model family; auto: transformer when the graph has "
                             "attention (NNCF ModelType.TRANSFORMER: SmoothQuant, no quantizers where they hurt "
-                            "attention; ONNX Runtime: activation x activation MatMuls stay float)"
+                            "attention; ONNX Runtime: only the layers with weights are quantized (its docs advise mode dynamic "
+                            "for transformers)"
     )
     scheme: Literal["auto", "u8s8", "u8s8_reduce_range", "s8s8"] = Field(
         "auto", description="ONNX Runtime INT8 scheme; auto picks by measured agreement on this CPU"
