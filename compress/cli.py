@@ -283,10 +283,20 @@ def _installed(distribution: str) -> bool:
 @app.command()
 @_guard
 def inspect(run_dir: Path = typer.Argument(..., help="a run folder (runs/<name>-<timestamp>)"),
+            layers: bool = typer.Option(False, "--layers", help="trace FP32 vs INT8 layer by layer "
+                                        "(writes inspect/layers.json)"),
+            stage: str | None = typer.Option(None, "--stage", help="with --layers: the INT8 stage (default: the first)"),
+            batches: int = typer.Option(2, "--batches", help="with --layers: calibration batches to trace"),
             as_json: bool = typer.Option(False, "--json")):
-    """Print the report of a finished run."""
+    """Print the report of a finished run, or (--layers) where its INT8 model loses accuracy."""
     from .report import load
 
+    if layers:
+        from .inspect_layers import table, trace
+
+        result = trace(run_dir, stage=stage, batches=batches, log=lambda m: None if as_json else err.print(f"[dim]{m}[/]"))
+        _print_json(result) if as_json else [out.print(t) for t in table(result)]
+        return
     report = load(run_dir)
     if as_json:
         _print_json(report)
