@@ -178,7 +178,11 @@ def _show_report(report: dict) -> None:
     for stage in report["stages"]:
         for note in stage["notes"]:
             out.print(f"[yellow]note[/] {stage['name']}: {note}")
-    out.print(f"report: {Path(report['run_dir']) / 'report.md'}")
+    from .html import INSTALL_HINT
+
+    folder = Path(report["run_dir"])
+    page = folder / "report.html"
+    out.print(f"report: {folder / 'report.md'}" + (f", {page}" if page.is_file() else f" (no report.html: {INSTALL_HINT})"))
 
 
 @app.command()
@@ -302,6 +306,15 @@ def inspect(run_dir: Path = typer.Argument(..., help="a run folder (runs/<name>-
         _print_json(report)
     else:
         _show_report(report)
+
+
+@app.command("report")
+@_guard
+def report_command(run_dir: Path = typer.Argument(..., help="a run folder (runs/<name>-<timestamp>)")):
+    """Write report.md and report.html of a finished run again (e.g. to add `inspect --layers`' plot)."""
+    from .report import refresh
+
+    _show_report(refresh(run_dir))
 
 
 @app.command()

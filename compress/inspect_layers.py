@@ -30,7 +30,7 @@ from .artifacts import ARTIFACT_TYPES, Artifact, OnnxModel, OpenVinoModel, OrtFo
 from .errors import InputError
 
 DEFAULT_BATCHES = 2
-MAX_BATCH = 8          # samples per traced batch: every intermediate tensor of a batch is held at once
+MAX_BATCH = 4          # samples per traced batch: every intermediate tensor of a batch is held at once
 _EPS = float(np.finfo(float).eps)
 
 
@@ -405,11 +405,15 @@ def trace(run_dir: Path, *, stage: str | None = None, batches: int = DEFAULT_BAT
     import shutil
     import tempfile
 
+    from . import report as report_mod
     from .fsutil import atomic_write_json
 
     if batches < 1:
         raise InputError(f"--batches must be at least 1, got {batches}")
     t0 = time.perf_counter()
+    say = log
+    def log(message):  # noqa: E306
+        say(f"{time.perf_counter() - t0:5.1f}s {message}")
     run = _Run(run_dir)
     index = run.pick(stage)
     record = run.report["stages"][index]
@@ -457,6 +461,7 @@ def trace(run_dir: Path, *, stage: str | None = None, batches: int = DEFAULT_BAT
         **how, "layers": rows, "cross_runtime": cross, "seconds": round(time.perf_counter() - t0, 2),
     }
     atomic_write_json(run.dir / "inspect" / "layers.json", result)
+    report_mod.refresh(run.dir)   # report.html gains the per-layer plot
     return result
 
 
