@@ -220,7 +220,7 @@ def _onnx_names(path: Path, known: set[str] | None) -> tuple[dict[str, dict], di
 
     proto = onnx.load(str(path), load_external_data=False)
     initializers = {t.name for t in proto.graph.initializer}
-    producers, weights, order = {}, {}, []
+    producers, weights, order, consumers = {}, {}, [], {}
     for inp in proto.graph.input:
         producers[inp.name] = {"node": inp.name, "op": "input", "module": None}
         order.append(inp.name)
@@ -231,9 +231,23 @@ def _onnx_names(path: Path, known: set[str] | None) -> tuple[dict[str, dict], di
             producers[out] = info
             order.append(out)
         for name in node.input:
+            consumers.setdefault(name, []).append(node)
             if name in initializers and node.output:
                 weights.setdefault(name, node.output[0])
-    return producers, weights, order
+    return producers, weights, order, consumers
+
+
+def _traced_tensor(tensor: str, traced: dict, consumers: dict) -> str | None:
+    """The first traced tensor at or after `tensor` along a chain of single consumers: ORT quantizes a
+    Conv followed by Relu at the Relu's output, so a conv's weights belong to that row."""
+    for _ in range(8):
+        if tensor in traced:
+            return tensor
+        nodes = consumers.get(tensor, [])
+        if len(nodes) != 1 or not nodes[0].output:
+            return None
+        tensor = nodes[0].output[0]
+    return None
 
 
 def _trace_onnx(fp32_path: Path, int8_path: Path, feeds: list[dict], work: Path, known, log) -> tuple[list[dict], dict]:
@@ -262,16 +276,19 @@ def _trace_onnx(fp32_path: Path, int8_path: Path, feeds: list[dict], work: Path,
             local.setdefault(tensor, _Error()).add(match["pre_qdq"][0], match["post_qdq"][0])
         del fp32, int8
     weight_sqnr = compute_weight_error(create_weight_matching(str(fp32_path), str(int8_path)))
-    producers, weight_of, order = _onnx_names(fp32_path, known)
-    by_tensor = {}
+    producers, weight_of, order, consumers = _onnx_names(fp32_path, known)
+    by_tensor = {}   # traced tensor -> (weight SQNR, module of the node the weight feeds)
     for weight, sqnr in weight_sqnr.items():
-        if weight in weight_of:
-            by_tensor[weight_of[weight]] = round(float(sqnr), 3)
+        tensor = _traced_tensor(weight_of[weight], errors, consumers) if weight in weight_of else None
+        if tensor is not None:
+            by_tensor[tensor] = (round(float(sqnr), 3), producers[weight_of[weight]]["module"])
     rows = []
     for tensor in sorted(errors, key=lambda t: order.index(t) if t in order else len(order)):
         info = producers.get(tensor, {"node": None, "op": None, "module": None})
+        weight, weight_module = by_tensor.get(tensor, (None, None))
         rows.append({"tensor": tensor, **info, **errors[tensor].result(),
-                     "qdq_sqnr_db": local[tensor].result()["sqnr_db"], "weight_sqnr_db": by_tensor.get(tensor)})
+                     "qdq_sqnr_db": local[tensor].result()["sqnr_db"], "weight_sqnr_db": weight,
+                     "weight_module": weight_module})
     return rows, {"method": "onnxruntime.quantization.qdq_loss_debug", "weights_compared": len(weight_sqnr)}
 
 
@@ -337,7 +354,7 @@ def _trace_openvino(fp32_model, int8_path: Path, feeds: list[dict], torch_calls,
         name = int8_op.get_friendly_name()
         rows.append({"tensor": tensor, "node": name, "op": int8_op.get_type_name(),
                      "module": module_of(name, known=known) or modules.get(id(fp32_op)), **err.result(),
-                     "qdq_sqnr_db": None, "weight_sqnr_db": None})
+                     "qdq_sqnr_db": None, "weight_sqnr_db": None, "weight_module": None})
     return rows, {"method": "openvino Model.add_outputs, matched by output tensor name",
                   "int8_ops_unmatched": len(_ov_ops(int8_model)) - len(pairs)}
 
@@ -412,8 +429,10 @@ def trace(run_dir: Path, *, stage: str | None = None, batches: int = DEFAULT_BAT
         raise InputError(f"--batches must be at least 1, got {batches}")
     t0 = time.perf_counter()
     say = log
-    def log(message):  # noqa: E306
+
+    def log(message):
         say(f"{time.perf_counter() - t0:5.1f}s {message}")
+
     run = _Run(run_dir)
     index = run.pick(stage)
     record = run.report["stages"][index]
@@ -477,17 +496,23 @@ def table(result: dict, count: int = 20):
 
     t = Table(title=f"layer trace of stage {result['stage']} ({result['runtime']}): {len(result['layers'])} layers, "
                     f"{result['samples']} calibration samples; worst {min(count, len(result['layers']))} by SQNR")
-    for col, justify in (("module", "left"), ("op", "left"), ("SQNR dB", "right"), ("cosine", "right"),
-                         ("max abs", "right"), ("QDQ dB", "right"), ("weight dB", "right")):
-        t.add_column(col, justify=justify, overflow="fold")
+    # QDQ dB: the tensor before vs after its own Quantize/DequantizeLinear pair (ONNX QDQ only; where ORT
+    # folded a ReLU into that pair's clipping it includes the ReLU); weight dB: the dequantized weights
+    columns = [("module", "module"), ("op", "op"), ("sqnr_db", "SQNR dB"), ("cosine", "cosine"),
+               ("max_abs", "max abs"), ("qdq_sqnr_db", "QDQ dB"), ("weight_sqnr_db", "weight dB")]
+    ranked = worst(result["layers"], count)
+    columns = [c for c in columns if c[0] in ("module", "op") or any(r.get(c[0]) is not None for r in ranked)]
+    for key, title in columns:
+        t.add_column(title, justify="left" if key in ("module", "op") else "right", overflow="fold",
+                     min_width=18 if key == "module" else None)
+    formats = {"sqnr_db": ".1f", "cosine": ".4f", "max_abs": ".3g", "qdq_sqnr_db": ".1f", "weight_sqnr_db": ".1f"}
 
     def cell(v, fmt):
         return "–" if v is None else format(v, fmt)
 
-    for row in worst(result["layers"], count):
-        t.add_row(row["module"] or row["node"] or row["tensor"], row["op"] or "–", cell(row["sqnr_db"], ".1f"),
-                  cell(row["cosine"], ".4f"), cell(row["max_abs"], ".3g"), cell(row["qdq_sqnr_db"], ".1f"),
-                  cell(row["weight_sqnr_db"], ".1f"))
+    for row in ranked:
+        named = {"module": row["module"] or row["node"] or row["tensor"], "op": row["op"] or "–"}
+        t.add_row(*[named[k] if k in named else cell(row.get(k), formats[k]) for k, _ in columns])
     cross = result["cross_runtime"]
     c = Table(title=f"same FP32 model on other runtimes vs {cross['reference']} (export check)")
     for col in ("runtime", "output", "cosine", "max abs", "SQNR dB"):
