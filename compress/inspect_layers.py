@@ -280,7 +280,7 @@ def _trace_onnx(fp32_path: Path, int8_path: Path, feeds: list[dict], work: Path,
     by_tensor = {}   # traced tensor -> (weight SQNR, module of the node the weight feeds)
     for weight, sqnr in weight_sqnr.items():
         tensor = _traced_tensor(weight_of[weight], errors, consumers) if weight in weight_of else None
-        if tensor is not None:
+        if tensor is not None and (tensor not in by_tensor or sqnr < by_tensor[tensor][0]):   # weight, not bias
             by_tensor[tensor] = (round(float(sqnr), 3), producers[weight_of[weight]]["module"])
     rows = []
     for tensor in sorted(errors, key=lambda t: order.index(t) if t in order else len(order)):

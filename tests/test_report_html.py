@@ -141,7 +141,7 @@ def test_inspect_layers_traces_an_ort_qdq_run_and_report_html_renders_it(ort_run
     relus = [r for r in layers if r["op"] == "Relu"]
     assert [r["module"] for r in relus] == [f"features.{i}.2" for i in (0, 1, 3, 4, 6)]
     assert [r["weight_module"] for r in relus] == [f"features.{i}.0" for i in (0, 1, 3, 4, 6)]
-    assert all(r["weight_sqnr_db"] > 20 for r in relus)
+    assert all(30 < r["weight_sqnr_db"] < 60 for r in relus)     # INT8 weights (an INT32 bias reads ~80-100 dB)
     assert [r["module"] for r in layers if r["op"] == "Gemm"] == ["classifier"]
     assert all(np.isfinite(r["sqnr_db"]) and r["sqnr_db"] > 10 and r["cosine"] > 0.95 for r in layers), layers
     cross = {r["runtime"]: r for r in trace["cross_runtime"]["rows"]}
