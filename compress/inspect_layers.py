@@ -263,18 +263,19 @@ def _trace_onnx(fp32_path: Path, int8_path: Path, feeds: list[dict], work: Path,
     for name, path in (("fp32", fp32_path), ("int8", int8_path)):
         augmented[name] = work / f"{name}-all-outputs.onnx"
         modify_model_output_intermediate_tensors(str(path), str(augmented[name]))
+    log(f"running both models on {len(feeds)} batch(es) with every tensor as an output")
+    fp32 = collect_activations(str(augmented["fp32"]), feeds)
+    int8 = collect_activations(str(augmented["int8"]), feeds)
     errors: dict[str, _Error] = {}
     local: dict[str, _Error] = {}
-    for k, batch in enumerate(feeds):
-        log(f"batch {k + 1}/{len(feeds)}: running both models with every tensor as an output")
-        fp32 = collect_activations(str(augmented["fp32"]), [batch])
-        int8 = collect_activations(str(augmented["int8"]), [batch])
-        for tensor, match in create_activation_matching(int8, fp32).items():
-            if "float" not in match:
-                continue
-            errors.setdefault(tensor, _Error()).add(match["float"][0], match["post_qdq"][0])
-            local.setdefault(tensor, _Error()).add(match["pre_qdq"][0], match["post_qdq"][0])
-        del fp32, int8
+    for tensor, match in create_activation_matching(int8, fp32).items():
+        if "float" not in match:
+            continue
+        errors[tensor], local[tensor] = _Error(), _Error()
+        for ref, pre, post in zip(match["float"], match["pre_qdq"], match["post_qdq"]):
+            errors[tensor].add(ref, post)
+            local[tensor].add(pre, post)
+    del fp32, int8
     weight_sqnr = compute_weight_error(create_weight_matching(str(fp32_path), str(int8_path)))
     producers, weight_of, order, consumers = _onnx_names(fp32_path, known)
     by_tensor = {}   # traced tensor -> (weight SQNR, module of the node the weight feeds)
