@@ -160,8 +160,11 @@ def test_inspect_layers_traces_an_ort_qdq_run_and_report_html_renders_it(ort_run
     stages = dom[dom.index('id="stages"'):]
     stages = stages[:stages.index("</table>")]
     assert stages.count("<tr>") == len(rows(report)) + 1
-    # the plots drew something: markers and bars are paths inside the inlined SVGs
-    assert all(len(re.findall(r"<path", svg)) > 10 for svg in re.findall(r"<svg.*?</svg>", dom, re.S))
+    # the plots drew something: the scatters their markers (one PathCollection per group), the layer plot
+    # one bar per layer (patches, besides the axes' background)
+    latency, size, per_layer = re.findall(r"<svg.*?</svg>", dom, re.S)
+    assert all(len(re.findall(r'id="PathCollection_\d+"', svg)) >= 2 for svg in (latency, size))
+    assert len(re.findall(r'id="patch_\d+"', per_layer)) >= len(layers) + 1
 
 
 @pytest.mark.slow
