@@ -172,6 +172,17 @@ class _Run:
                              hint="Re-run the recipe.")
         return found[0]
 
+    def openvino_fp32(self, source: int, fp32: Artifact):
+        """The FP32 model as an ov.Model: the run's OpenVINO baseline when the reference was quantized
+        (converted from it exactly so; saves converting again), else converted now."""
+        from .convert import to_openvino
+        from .runtimes.openvino_runtime import core
+
+        baseline = self.report["baselines"].get("openvino", {}).get("artifact", {})
+        if source < 0 and baseline.get("path") and (self.dir / baseline["path"]).is_file():
+            return core().read_model(str(self.dir / baseline["path"]))
+        return to_openvino(fp32, self.inputs.spec)
+
     def pick(self, name: str | None) -> int:
         stages = self.report["stages"]
         quantized = [i for i, s in enumerate(stages) if s["artifact"]["precision"] == "int8"]
@@ -464,9 +475,7 @@ def trace(run_dir: Path, *, stage: str | None = None, batches: int = DEFAULT_BAT
                 torch_to_onnx(fp32.module, run.inputs.spec, fp32_path)
             rows, how = _trace_onnx(fp32_path, int8_path, feeds, work, known, log)
         else:
-            from .convert import to_openvino
-
-            rows, how = _trace_openvino(to_openvino(fp32, run.inputs.spec), int8_path, feeds, torch_calls, known, log)
+            rows, how = _trace_openvino(run.openvino_fp32(source, fp32), int8_path, feeds, torch_calls, known, log)
         if not rows:
             raise InputError(f"no layer of stage '{record['name']}' could be matched with the FP32 model",
                              hint="Is it a QDQ model? A compiled (fused) artifact keeps no per-layer tensors; "
