@@ -82,7 +82,8 @@ def scatter(points: list[dict], *, x: str, y: str, xlabel: str, ylabel: str, tit
                         fontsize=8)
             if p.get("chosen"):
                 ax.scatter([p[x]], [p[y]], s=190, facecolors="none", edgecolors="black", linewidths=1.3, zorder=4)
-    if log_x:
+    xs = [p[x] for p in shown if p[x] > 0]
+    if log_x and xs and max(xs) / min(xs) > 30:   # a log axis only where values span orders of magnitude
         from matplotlib.ticker import NullFormatter, ScalarFormatter
 
         ax.set_xscale("log")

@@ -141,7 +141,7 @@ class _Run:
         if not self.info.get("resumable", True):
             raise InputError(f"{run_dir} was run with an in-memory model or metric; its FP32 model cannot be "
                              "rebuilt from the run folder",
-                             hint="Trace it from Python: compress.inspect_layers.trace_models(...).")
+                             hint="Run the recipe with the model given in the YAML to trace it.")
         data = yaml.safe_load((self.dir / "recipe.yaml").read_text())
         self.recipe = parse_recipe(data, source=str(self.dir / "recipe.yaml"))
         self._inputs = None

@@ -174,8 +174,9 @@ def _layer_parts(trace: dict, where: str) -> list[str]:
              html.figure(html.layer_profile(labels, [r["sqnr_db"] for r in layers], ylabel="SQNR vs FP32 (dB)",
                                             title="per-layer error of the INT8 model, network order"))]
     ranked = sorted(layers, key=lambda r: r["sqnr_db"])[:10]
-    parts.append(html.table([("module", "module"), ("op", "op"), ("sqnr_db", "SQNR dB"), ("cosine", "cosine"),
-                             ("max_abs", "max abs"), ("qdq_sqnr_db", "own Q/DQ dB"), ("weight_sqnr_db", "weight dB")],
+    columns = [("module", "module"), ("op", "op"), ("sqnr_db", "SQNR dB"), ("cosine", "cosine"), ("max_abs", "max abs"),
+               ("qdq_sqnr_db", "own Q/DQ dB"), ("weight_sqnr_db", "weight dB"), ("weight_module", "weights of")]
+    parts.append(html.table([c for c in columns if any(r.get(c[0]) is not None for r in ranked)],
                             [{**r, "module": r.get("module") or r.get("node")} for r in ranked], left={"module", "op"}))
     cross = trace.get("cross_runtime")
     if cross and cross.get("rows"):
