@@ -178,7 +178,11 @@ def _show_report(report: dict) -> None:
     for stage in report["stages"]:
         for note in stage["notes"]:
             out.print(f"[yellow]note[/] {stage['name']}: {note}")
-    out.print(f"report: {Path(report['run_dir']) / 'report.md'}")
+    from .html import INSTALL_HINT
+
+    folder = Path(report["run_dir"])
+    page = folder / "report.html"
+    out.print(f"report: {folder / 'report.md'}" + (f", {page}" if page.is_file() else f" (no report.html: {INSTALL_HINT})"))
 
 
 @app.command()
@@ -283,15 +287,34 @@ def _installed(distribution: str) -> bool:
 @app.command()
 @_guard
 def inspect(run_dir: Path = typer.Argument(..., help="a run folder (runs/<name>-<timestamp>)"),
+            layers: bool = typer.Option(False, "--layers", help="trace FP32 vs INT8 layer by layer "
+                                        "(writes inspect/layers.json)"),
+            stage: str | None = typer.Option(None, "--stage", help="with --layers: the INT8 stage (default: the first)"),
+            batches: int = typer.Option(2, "--batches", help="with --layers: calibration batches to trace"),
             as_json: bool = typer.Option(False, "--json")):
-    """Print the report of a finished run."""
+    """Print the report of a finished run, or (--layers) where its INT8 model loses accuracy."""
     from .report import load
 
+    if layers:
+        from .inspect_layers import table, trace
+
+        result = trace(run_dir, stage=stage, batches=batches, log=lambda m: None if as_json else err.print(f"[dim]{m}[/]"))
+        _print_json(result) if as_json else [out.print(t) for t in table(result)]
+        return
     report = load(run_dir)
     if as_json:
         _print_json(report)
     else:
         _show_report(report)
+
+
+@app.command("report")
+@_guard
+def report_command(run_dir: Path = typer.Argument(..., help="a run folder (runs/<name>-<timestamp>)")):
+    """Write report.md and report.html of a finished run again (e.g. to add `inspect --layers`' plot)."""
+    from .report import refresh
+
+    _show_report(refresh(run_dir))
 
 
 @app.command()

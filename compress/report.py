@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from . import html
 from .fsutil import atomic_write_json, atomic_write_text
 from .stages import handler_for_type
 
@@ -119,6 +120,167 @@ def markdown(report: dict) -> str:
     for stage in report["stages"]:
         handler = handler_for_type(stage["type"])
         lines += handler.sections(stage) if handler else []
+    notes = _notes(report)
+    if not html.available():
+        notes.append(f"no report.html: {html.INSTALL_HINT}")
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    lines += ["## Versions", "", ", ".join(f"{k} {v}" for k, v in report["versions"].items()), ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- report.html
+def _points(report: dict) -> list[dict]:
+    """Every artifact of the run (FP32 baselines, stage outputs and their checkpoints) and every calibration
+    candidate a stage tried: label, group, primary metric, p50 latency, size."""
+    def point(label, group, record, size):
+        return {"label": label, "group": group, "metric": record.get("primary", {}).get("value"),
+                "latency_ms": record.get("latency", {}).get("p50_ms"), "size_mb": size}
+
+    out = [point(f"fp32 {name}", "FP32 baseline", base, base["artifact"].get("size_mb"))
+           for name, base in report["baselines"].items()]
+    primary = report["reference"]["primary"]["name"]
+    for stage in report["stages"]:
+        for name, cp in _checkpoints(stage).items():
+            out.append(point(f"{stage['name']}: {name}", "stage checkpoint", cp, cp.get("size_mb")))
+        out.append(point(stage["name"], "stage output", stage, stage["artifact"].get("size_mb")))
+        for cand in stage["details"].get("calibration_candidates", []):
+            metric = cand.get("metric", {})
+            value = metric.get(primary, next(iter(metric.values()), None))
+            out.append({"label": cand["name"], "group": f"{stage['name']}: calibration candidates", "metric": value,
+                        "latency_ms": cand.get("latency_ms"), "size_mb": cand.get("size_mb"),
+                        "chosen": cand.get("chosen", False)})
+    return out
+
+
+def _gate_rows(report: dict) -> list[dict]:
+    out = []
+    for g in report["gates"]:
+        verdict = g.get("verdict") or ("pass" if g["passed"] else "fail")
+        interval = g.get("interval")
+        out.append({**g, "verdict": verdict,
+                    "interval": f"[{interval[0]:.4g}, {interval[1]:.4g}]" if interval else None})
+    return out
+
+
+def _layer_parts(trace: dict, where: str) -> list[str]:
+    layers = trace.get("layers", [])
+    if not layers:
+        return []
+    labels = [r.get("module") or r.get("node") or r["tensor"] for r in layers]
+    parts = [html.paragraph(f"{where}: stage {trace.get('stage')} on {trace.get('runtime')} vs its FP32 model "
+                            f"({trace.get('fp32')}), {trace.get('samples')} calibration samples; SQNR of each layer's "
+                            "output in dB (higher is better; the 5 lowest in red)."),
+             html.figure(html.layer_profile(labels, [r["sqnr_db"] for r in layers], ylabel="SQNR vs FP32 (dB)",
+                                            title="per-layer error of the INT8 model, network order"))]
+    ranked = sorted(layers, key=lambda r: r["sqnr_db"])[:10]
+    columns = [("module", "module"), ("op", "op"), ("sqnr_db", "SQNR dB"), ("cosine", "cosine"), ("max_abs", "max abs"),
+               ("qdq_sqnr_db", "own Q/DQ dB"), ("weight_sqnr_db", "weight dB"), ("weight_module", "weights of")]
+    parts.append(html.table([c for c in columns if any(r.get(c[0]) is not None for r in ranked)],
+                            [{**r, "module": r.get("module") or r.get("node")} for r in ranked], left={"module", "op"}))
+    cross = trace.get("cross_runtime")
+    if cross and cross.get("rows"):
+        parts += [html.paragraph(f"The same FP32 model on other runtimes vs {cross['reference']} (an export problem "
+                                 "shows here, not in the INT8 trace):"),
+                  html.table([("runtime", "runtime"), ("output", "output"), ("cosine", "cosine"), ("max_abs", "max abs"),
+                              ("sqnr_db", "SQNR dB")], cross["rows"], left={"runtime", "output"})]
+    return parts
+
+
+def _stage_parts(stage: dict, reference: float | None) -> list[str]:
+    """Plots from a stage's details, chosen by the keys present (never by stage type)."""
+    d, name, parts = stage["details"], stage["name"], []
+    sens = d.get("sensitivity")
+    if sens and "rows" in sens:
+        rows_ = sorted(sens["rows"], key=lambda r: r.get("only_this_quantized") or 0)[:30]
+        labels = [r.get("module") or r["node"] for r in rows_]
+
+        def delta(v):
+            return None if v is None or reference is None else v - reference
+
+        parts.append(html.section(
+            f"Quantization sensitivity ({name})",
+            html.paragraph(f"{sens['metric']} on {sens['samples']} samples, change vs the FP32 reference (points): "
+                           "with only this layer in INT8, and with only this layer left in FP32."),
+            html.figure(html.hbars(labels, {"only this layer INT8": [delta(r.get("only_this_quantized")) for r in rows_],
+                                            "only this layer FP32": [delta(r.get("only_this_fp32")) for r in rows_]},
+                                   title="per-layer sensitivity", xlabel=f"Δ {sens['metric']} vs FP32"))))
+    elif sens and "layers" in sens:
+        parts.append(html.section(f"Pruning sensitivity ({name})",
+                                  html.paragraph(f"{sens['metric']} on {sens['samples']} eval samples, baseline "
+                                                 f"{sens['baseline']:.2f}."),
+                                  html.figure(sensitivity_svg(sens))))
+    fb = d.get("fallback")
+    if fb:
+        steps = fb.get("steps", [])
+        labels = ["plain INT8"] + [s.get("module") or s["node"] for s in steps]
+        budget = None
+        if fb.get("baseline") is not None and fb.get("max_drop") is not None:
+            budget = fb["baseline"] - fb["max_drop"]
+        parts.append(html.section(
+            f"Fallback to FP32 ({name})",
+            html.paragraph(f"{'met' if fb.get('met') else 'NOT met'}: {len(fb.get('kept_fp32', []))} layer(s) kept in "
+                           f"FP32 (budget {fb.get('budget')}), max drop {fb.get('max_drop')} of {fb.get('metric')}."),
+            html.figure(html.steps(labels, [fb.get("plain_int8")] + [s.get("metric") for s in steps],
+                                   title="metric after each layer put back to FP32", ylabel=str(fb.get("metric")),
+                                   hlines={"FP32 baseline": fb.get("baseline"), "allowed minimum": budget})),
+            html.table([("node", "layer kept in FP32"), ("module", "module"), ("metric", fb.get("metric") or "metric"),
+                        ("latency_ms", "p50 ms")], steps, left={"node", "module"})))
+    if d.get("layer_trace"):
+        parts.append(html.section(f"Layer trace ({name})", *_layer_parts(d["layer_trace"], "from the stage")))
+    return parts
+
+
+def html_page(report: dict, layers: dict | None = None) -> str:
+    """report.html: the stage table, trade-off plots, per-stage evidence, gates, environment (self-contained)."""
+    m, s = report["machine"], report["settings"]
+    primary = report["reference"]["primary"]
+    verdict = "PASSED" if report["passed"] else "FAILED"
+    points = _points(report)
+    unit = f"{primary['name']}" + (" (%)" if primary["name"] in _POINTS else "")
+    parts = [f"<h1>compress report: {html.esc(report['name'])}</h1>",
+             f'<p class="verdict"><span class="{"pass" if report["passed"] else "fail"}">{verdict}</span> — '
+             f"{len(report['gates'])} gate(s); final artifact <code>{html.esc(report['final_artifact']['path'])}</code></p>",
+             html.paragraph(f"Latency: batch {s['batch']}, {s['threads']} thread(s), {s['warmup']} warm-up + {s['runs']} "
+                            f"timed runs. Eval: {s['eval_samples']} samples; calibration set: "
+                            f"{s['calibration_samples']} samples.", muted=True),
+             html.section("Stages", html.table(COLUMNS, rows(report), left={"stage", "artifact", "runtime", "precision",
+                                                                            "metric", "agreement"}),
+                          html.paragraph("speed-up: p50 of the FP32 baseline on the same runtime / this artifact's p50, "
+                                         "timed in alternating rounds. Δ pts: primary metric vs the FP32 reference.",
+                                         muted=True)),
+             html.section("Accuracy vs latency and size", html.row(
+                          html.figure(html.scatter(points, x="latency_ms", y="metric", xlabel="p50 latency (ms)",
+                                                   ylabel=unit, title=f"{primary['name']} vs latency", log_x=True)),
+                          html.figure(html.scatter(points, x="size_mb", y="metric", xlabel="size (MB)", ylabel=unit,
+                                                   title=f"{primary['name']} vs model size"),
+                                      "the FP32 torch model has no file, so no size")))]
+    if report["gates"]:
+        parts.append(html.section("Gates", html.table(
+            [("gate", "gate"), ("threshold", "threshold"), ("value", "value"), ("interval", "interval"),
+             ("verdict", "result"), ("detail", "detail")], _gate_rows(report), left={"gate", "detail"},
+            classes={"pass": "pass", "fail": "fail", "inconclusive": "inconclusive"})))
+    for stage in report["stages"]:
+        parts += _stage_parts(stage, primary.get("value"))
+    if layers:
+        parts.append(html.section("Layer trace", *_layer_parts(layers, "compress inspect --layers")))
+    notes = _notes(report)
+    if notes:
+        parts.append(html.section("Notes", "<ul>" + "".join(f"<li>{html.esc(n)}</li>" for n in notes) + "</ul>"))
+    env = [{"key": "CPU", "value": m.get("cpu")}, {"key": "ISA", "value": ", ".join(m.get("isa", [])) or "baseline x86"},
+           {"key": "cores", "value": f"{m.get('logical_cores')} logical, {m.get('physical_cores')} physical"},
+           {"key": "memory", "value": f"{m.get('memory_gb')} GB"}, {"key": "OS", "value": m.get("os")},
+           {"key": "Python", "value": m.get("python")}]
+    parts.append(html.section("Environment", html.table([("key", "machine"), ("value", "")], env, left={"key", "value"}),
+                              html.table([("key", "library"), ("value", "version")],
+                                         [{"key": k, "value": v} for k, v in report["versions"].items()],
+                                         left={"key", "value"})))
+    parts.append(html.paragraph(f"run {report['run_dir']}, started {report['started']}, finished {report['finished']}",
+                                muted=True))
+    return html.page(f"compress report: {report['name']}", parts)
+
+
+def _notes(report: dict) -> list[str]:
     notes = list(report["model"]["notes"]) + list(report.get("data_notes", []))
     for stage in report["stages"]:
         if stage.get("cached"):
@@ -127,39 +289,16 @@ def markdown(report: dict) -> str:
         notes += [f"{stage['name']}: {n}" for n in stage["notes"]]
         handler = handler_for_type(stage["type"])
         notes += [f"{stage['name']}: {n}" for n in (handler.notes(stage) if handler else [])]
-    if notes:
-        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
-    lines += ["## Versions", "", ", ".join(f"{k} {v}" for k, v in report["versions"].items()), ""]
-    return "\n".join(lines)
+    return notes
 
 
 def sensitivity_svg(sens: dict) -> str:
-    """Horizontal bars: metric drop per layer, one bar per ratio (a plot without plotting libraries)."""
+    """Pruning sensitivity: metric drop per layer, one bar per ratio (matplotlib, SVG)."""
     ratios = [str(r) for r in sens["ratios"]]
-    rows = sens["layers"]
-    colors = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2"]
-    worst = max([d for r in rows for d in r["drops"].values() if d is not None] + [0.1])
-    bar, gap, label_w, width = 12, 8, 180, 360
-    height = 40 + len(rows) * (len(ratios) * bar + gap)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + width + 80}" height="{height}" '
-             'font-family="sans-serif" font-size="11">',
-             f'<text x="4" y="14">{sens["metric"]} drop when one layer is pruned alone</text>']
-    for i, ratio in enumerate(ratios):
-        parts.append(f'<rect x="{label_w + i * 90}" y="20" width="10" height="10" fill="{colors[i % 5]}"/>'
-                     f'<text x="{label_w + i * 90 + 14}" y="29">{float(ratio):.0%} of channels</text>')
-    y = 40
-    for row in rows:
-        parts.append(f'<text x="4" y="{y + bar * len(ratios) / 2 + 4}">{row["layer"]}</text>')
-        for i, ratio in enumerate(ratios):
-            drop = row["drops"].get(ratio)
-            w = 0 if drop is None else max(0.0, drop) / worst * width
-            text = "n/a" if drop is None else f"{drop:.2f}"
-            parts.append(f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar - 2}" fill="{colors[i % 5]}"/>'
-                         f'<text x="{label_w + w + 4:.1f}" y="{y + bar - 3}">{text}</text>')
-            y += bar
-        y += gap
-    parts.append("</svg>")
-    return "\n".join(parts)
+    layers = sens["layers"]
+    return html.hbars([row["layer"] for row in layers],
+                      {f"{float(r):.0%} of channels": [row["drops"].get(r) for row in layers] for r in ratios},
+                      title=f"{sens['metric']} drop when one layer is pruned alone", xlabel="drop (points)")
 
 
 def sensitivity_md(stage: dict) -> list[str]:
@@ -172,7 +311,7 @@ def sensitivity_md(stage: dict) -> list[str]:
              "drop (points; a metric of yours in its own units) when only that layer loses the share of its output "
              "channels with the lowest L1 norm "
              "(with everything that depends on them). Layers that hurt most are candidates for `ignore:`.", "",
-             f"![sensitivity](sensitivity-{stage['name']}.svg)", "",
+             *([f"![sensitivity](sensitivity-{stage['name']}.svg)", ""] if html.available() else []),
              "| layer | channels | " + " | ".join(f"drop @ {float(r):.0%}" for r in ratios) + " |",
              "|---|---|" + "---|" * len(ratios)]
     for row in sorted(sens["layers"], key=lambda r: -max([d for d in r["drops"].values() if d is not None] + [0])):
@@ -206,17 +345,43 @@ def assemble(*, recipe, plan, run_dir: Path, started: str, machine: dict, versio
     }
 
 
-def write(run_dir: Path, report: dict) -> None:
+def _write_readable(run_dir: Path, report: dict) -> None:
+    """report.md, report.html (with matplotlib) and the files handlers add (plots report.md links)."""
     for stage in report["stages"]:
         handler = handler_for_type(stage["type"])
         for name, text in (handler.files(stage) if handler else {}).items():
             atomic_write_text(run_dir / name, text)
     atomic_write_text(run_dir / "report.md", markdown(report))
+    if html.available():
+        atomic_write_text(run_dir / "report.html", html_page(report, layers=layer_trace(run_dir)))
+
+
+def write(run_dir: Path, report: dict) -> None:
     try:
+        _write_readable(run_dir, report)
         atomic_write_json(run_dir / "report.json", report)   # last: its presence means the report is complete
     except BaseException:
-        (run_dir / "report.md").unlink(missing_ok=True)
+        for name in ("report.md", "report.html"):
+            (run_dir / name).unlink(missing_ok=True)
         raise
+
+
+def refresh(run_dir: Path) -> dict:
+    """Write report.md and report.html of a finished run again from its report.json (and inspect/)."""
+    report = load(run_dir)
+    _write_readable(Path(run_dir), report)
+    return report
+
+
+def layer_trace(run_dir: Path) -> dict | None:
+    """`compress inspect --layers`'s result for this run, if it was traced."""
+    path = Path(run_dir) / "inspect" / "layers.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
 
 
 def load(run_dir: Path) -> dict:

@@ -407,10 +407,11 @@ def _sections(record: dict) -> list[str]:
 
 
 def _files(record: dict) -> dict[str, str]:
+    from .. import html
     from ..report import sensitivity_svg
 
     sens = record["details"].get("sensitivity")
-    return {f"sensitivity-{record['name']}.svg": sensitivity_svg(sens)} if sens else {}
+    return {f"sensitivity-{record['name']}.svg": sensitivity_svg(sens)} if sens and html.available() else {}
 
 
 @register(PruneConfig, accepts=lambda cfg, target: {TorchModel: TorchModel}, check=_check, reads=_reads,
