@@ -30,7 +30,10 @@ def search(ctx: StageContext, first: list[tuple[str, dict]], variants: Callable[
     """Build and score `first`, then `variants(best settings)`; move the winner's files into `out_dir`."""
     if ctx.score is None or ctx.quick_latency is None:
         raise StageError("method auto needs the runner's scoring (run it through compress run)", where=ctx.where)
-    samples = min(RANKING_SAMPLES, len(ctx.eval)) if ctx.eval is not None else RANKING_SAMPLES
+    batch = ctx.resolved.batch_size
+    samples = -(-RANKING_SAMPLES // batch) * batch   # scoring takes whole eval batches
+    if ctx.eval is not None:
+        samples = min(samples, len(ctx.eval))
     work = out_dir / "candidates"
     tried: list[dict] = []
     built: dict[int, Artifact] = {}
