@@ -283,10 +283,18 @@ def _installed(distribution: str) -> bool:
 @app.command()
 @_guard
 def inspect(run_dir: Path = typer.Argument(..., help="a run folder (runs/<name>-<timestamp>)"),
-            as_json: bool = typer.Option(False, "--json")):
+            as_json: bool = typer.Option(False, "--json"),
+            sensitivity: bool = typer.Option(False, "--sensitivity",
+                                             help="the per-layer sensitivity ranking a quantize stage recorded")):
     """Print the report of a finished run."""
     from .report import load
 
+    if sensitivity:
+        from .sensitivity import sensitivity_tables
+
+        for table in sensitivity_tables(run_dir):
+            out.print(table)
+        return
     report = load(run_dir)
     if as_json:
         _print_json(report)

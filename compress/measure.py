@@ -169,13 +169,15 @@ class Measurer:
         record.update(precision=artifact.precision, artifact_type=artifact.kind)
         return record
 
-    def score(self, module, samples: int) -> tuple[str, float]:
-        """The recipe's primary metric for a torch module on the first `samples` eval samples, untimed."""
-        session = open_session(TorchModel(path=None, module=module), threads=self.resolved.threads)
+    def score(self, model, samples: int, metric: str | None = None) -> tuple[str, float]:
+        """The recipe's primary metric (or built-in `metric`) on the first `samples` eval samples, untimed:
+        `model` is a torch module or any artifact (run on its own runtime)."""
+        artifact = model if isinstance(model, Artifact) else TorchModel(path=None, module=model)
+        session = open_session(artifact, threads=self.resolved.threads)
         result = evaluate(session, Head(self.inputs.eval, samples), batch_size=self.recipe.data.batch_size,
                           output_names=self.inputs.spec.outputs, reference=self.reference_outputs,
-                          metric=self.inputs.metric, label="in-stage check (torch)")
-        return primary_metric(result, self.inputs.spec.outputs, self.primary)
+                          metric=self.inputs.metric, label=f"in-stage check ({session.runtime})")
+        return primary_metric(result, self.inputs.spec.outputs, metric or self.primary)
 
     def primary_of(self, record: dict) -> tuple[str, float]:
         return primary_metric(EvalResult(metrics=record["metrics"], agreement=record["agreement"]),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import json
+import shutil
 import subprocess
 import sys
 from itertools import islice
@@ -17,7 +18,7 @@ from ..errors import InputError, StageError, backend_call
 from ..recipe import QuantizeConfig
 from ..runtimes import count_ops, open_session
 from ..validation import Agreement
-from . import StageContext, check_notes, quantized_nothing_gate, register
+from . import StageContext, check_notes, quantized_nothing_gate, recovery, register
 
 DEFAULT_SAMPLES = 300
 SELECTION_SAMPLES = 256
@@ -71,6 +72,8 @@ def call_nncf(fn, ctx: StageContext, has_ignore: bool, failure: str):
 
 
 def _quantize_nncf(cfg: QuantizeConfig, artifact, ctx: StageContext) -> OpenVinoModel:
+    import copy
+
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
@@ -82,14 +85,38 @@ def _quantize_nncf(cfg: QuantizeConfig, artifact, ctx: StageContext) -> OpenVino
     if cfg.method is not None:
         advanced = AdvancedQuantizationParameters(activations_range_estimator_params=estimators[cfg.method])
     preset = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}[cfg.preset]
+    if cfg.ignore:
+        recovery.check_ignore(cfg, [op.get_friendly_name() for op in model.get_ordered_ops()], ctx.where,
+                              "OpenVINO model")
     ignored = nncf.IgnoredScope(names=list(cfg.ignore)) if cfg.ignore else None
-    ctx.log(f"NNCF calibration on {count} samples")
-    quantized = call_nncf(lambda: nncf.quantize(model, nncf.Dataset(CalibrationSamples(ctx, count)), preset=preset,
-                                                subset_size=count, ignored_scope=ignored,
-                                                fast_bias_correction=cfg.bias_correction == "fast",
-                                                advanced_parameters=advanced),
-                          ctx, bool(cfg.ignore), "NNCF quantization failed")
+    calibration = nncf.Dataset(CalibrationSamples(ctx, count))
+    quantized = None
+    if cfg.sensitivity or cfg.accuracy_control is None:
+        ctx.log(f"NNCF calibration on {count} samples")
+        plain = advanced
+        if cfg.sensitivity:   # keep FakeQuantize on the weights (float weights) so layers can be bypassed
+            plain = copy.deepcopy(advanced) if advanced else AdvancedQuantizationParameters()
+            plain.backend_params["compress_weights"] = False
+        quantized = call_nncf(lambda: nncf.quantize(model, calibration, preset=preset, subset_size=count,
+                                                    ignored_scope=ignored,
+                                                    fast_bias_correction=cfg.bias_correction == "fast",
+                                                    advanced_parameters=plain),
+                              ctx, bool(cfg.ignore), "NNCF quantization failed")
+    if recovery.wanted(cfg):
+        work = ctx.out_dir / "work"
+        work.mkdir()
+        if cfg.sensitivity:
+            from openvino._offline_transformations import compress_quantize_weights_transformation
+
+            recovery.openvino_sensitivity(cfg, ctx, quantized, work)
+            compress_quantize_weights_transformation(quantized)   # INT8 weights, as nncf.quantize gives them
+        if cfg.accuracy_control is not None:
+            quantized = recovery.openvino_accuracy_control(
+                cfg, ctx, model, calibration, count, preset, ignored, advanced, work,
+                lambda fn: call_nncf(fn, ctx, bool(cfg.ignore), "NNCF quantization with accuracy control failed"))
     out = save_openvino(quantized, ctx.out_dir / "model.xml", ctx.details.get("stamp", {}))
+    if recovery.wanted(cfg):
+        shutil.rmtree(ctx.out_dir / "work")
     out.precision = "int8"
     ctx.details.update(backend="nncf", nncf=nncf.__version__, samples=count, preset=cfg.preset,
                        method=cfg.method or "nncf default", bias_correction=cfg.bias_correction,
@@ -138,7 +165,8 @@ class _Reader:
 
 
 def _ort_quantize(src: Path, dst: Path, scheme: str, cfg: QuantizeConfig, ctx: StageContext, count: int,
-                  cache: Path) -> None:
+                  cache: Path, exclude: list[str] | None = None) -> None:
+    """Quantize `src` (calibrating once: later calls read the ranges from `cache`); `exclude` replaces `ignore`."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     act, weight, reduce_range = SCHEMES[scheme]
@@ -147,7 +175,8 @@ def _ort_quantize(src: Path, dst: Path, scheme: str, cfg: QuantizeConfig, ctx: S
     quantize_static(str(src), str(dst), _Reader(ctx, count), quant_format=QuantFormat.QDQ,
                     per_channel=cfg.per_channel, reduce_range=reduce_range,
                     activation_type=getattr(QuantType, act), weight_type=getattr(QuantType, weight),
-                    nodes_to_exclude=list(cfg.ignore) or None, calibrate_method=method,
+                    nodes_to_exclude=(list(cfg.ignore) if exclude is None else exclude) or None,
+                    calibrate_method=method,
                     calibration_cache_path=str(cache))
 
 
@@ -183,6 +212,8 @@ def _quantize_onnxruntime(cfg: QuantizeConfig, artifact: OnnxModel, ctx: StageCo
         quant_pre_process(str(artifact.path.absolute()), str(prepared.absolute()), skip_symbolic_shape=False,
                           auto_merge=True)
 
+    if cfg.ignore:
+        recovery.check_ignore(cfg, recovery.onnx_node_names(prepared), ctx.where, "ONNX graph")
     if cfg.scheme != "auto":
         candidates, reason = [cfg.scheme], "set in the recipe"
     elif ctx.resolved.vnni:
@@ -214,6 +245,9 @@ def _quantize_onnxruntime(cfg: QuantizeConfig, artifact: OnnxModel, ctx: StageCo
         chosen = max(candidates, key=key)  # ties keep the earlier (default) scheme
     else:
         chosen = candidates[0]
+    if recovery.wanted(cfg):
+        recovery.onnxruntime(cfg, ctx, prepared, work / f"{chosen}.onnx",
+                             lambda dst, exclude: _ort_quantize(prepared, dst, chosen, cfg, ctx, count, cache, exclude))
     path = ctx.out_dir / "model.onnx"
     (work / f"{chosen}.onnx").rename(path)
     stamp_onnx(path, ctx.details.get("stamp", {}))
@@ -394,6 +428,8 @@ def _dynamic_onnxruntime(cfg: QuantizeConfig, artifact: OnnxModel, ctx: StageCon
             with contextlib.chdir(ctx.out_dir):  # ORT writes shape-inference temp files into the working directory
                 quant_pre_process(str(artifact.path.absolute()), str(prepared.absolute()), skip_symbolic_shape=False,
                                   auto_merge=True)
+            if cfg.ignore:
+                recovery.check_ignore(cfg, recovery.onnx_node_names(prepared), ctx.where, "ONNX graph")
             quantize_dynamic(str(prepared), str(path), weight_type=QuantType.QInt8, per_channel=cfg.per_channel,
                              reduce_range=reduce_range, nodes_to_exclude=list(cfg.ignore) or None)
     finally:
@@ -511,15 +547,26 @@ def _reads(cfg: QuantizeConfig) -> tuple[str, ...]:
 def _notes(record: dict) -> list[str]:
     d = record["details"]
     if "scheme" not in d:
-        return check_notes(record)
+        return check_notes(record) + recovery.notes(record)
     tried = d.get("scheme_candidates")
-    return [f"ORT scheme {d['scheme']} ({d['scheme_reason']})" + (": " + ", ".join(
+    return [*recovery.notes(record), f"ORT scheme {d['scheme']} ({d['scheme_reason']})" + (": " + ", ".join(
         f"{k} top-1 agreement {v.get('top1_agreement', float('nan')):.2f}%, cos {v['cosine']:.4f}"
         for k, v in tried.items()) if tried else "")]
 
 
+def _check(cfg: QuantizeConfig, state) -> None:
+    """accuracy_control ranks layers on held-out data: without data.eval it has nothing to rank on."""
+    from ..errors import ChainError
+
+    if cfg.accuracy_control is not None and state.recipe.data.eval is None:
+        raise ChainError("accuracy_control needs eval data to rank layers by the metric, and the recipe has none",
+                         where=f"{state.where}.accuracy_control",
+                         hint="Add data.eval (held-out samples), or remove accuracy_control.")
+
+
 @register(QuantizeConfig, accepts=_accepts, quantizes=lambda cfg: cfg.backend, forbids_after=_forbids_after,
-          reads=_reads, gates=quantized_nothing_gate, notes=_notes)
+          reads=_reads, gates=lambda record: quantized_nothing_gate(record) + recovery.gates(record), notes=_notes,
+          sections=recovery.sections, check=_check)
 def quantize(cfg: QuantizeConfig, artifact, ctx: StageContext):
     if artifact.precision != "fp32":
         raise InputError(f"the model is already {artifact.precision}; quantize an FP32 model", where=ctx.where)
