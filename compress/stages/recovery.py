@@ -136,11 +136,13 @@ def ranking(rows: list[dict], judge: Judge) -> list[dict]:
 
 
 def check_can_rank(rows: list[dict], judge: Judge, cfg: QuantizeConfig, ctx: StageContext) -> None:
+    """A metric with one value over every candidate (too few samples, or a metric that ignores the model)
+    cannot rank layers: say so instead of keeping arbitrary layers in float."""
     values = {round(r[k], 9) for r in rows for k in ("only_this_fp32", "only_this_quantized")}
     if len(values) <= 1:
-        raise InputError(f"accuracy_control cannot rank layers: the metric {judge.name} is "
+        raise InputError(f"{'accuracy_control' if cfg.accuracy_control else 'sensitivity'} cannot rank layers: the metric {judge.name} is "
                          f"{next(iter(values), float('nan')):.4g} for every candidate on {judge.samples} samples",
-                         where=f"{ctx.where}.accuracy_control.metric",
+                         where=f"{ctx.where}.accuracy_control.metric" if cfg.accuracy_control else ctx.where,
                          hint="Use a metric that moves with small changes (metric: cosine), or more samples.")
 
 
@@ -215,6 +217,7 @@ def onnxruntime(cfg: QuantizeConfig, ctx: StageContext, prepared: Path, plain: P
         ctx.log(f"sensitivity of {len(layers)} layers on {judge.samples} eval samples (ORT, calibration cache reused)")
         rows = sensitivity_rows(layers, lambda kind, layer: build([n for n in layers if n != layer] if kind == "only_q"
                                                                   else [layer]), judge, modules, ctx)
+        check_can_rank(rows, judge, cfg, ctx)
         record_sensitivity(ctx, judge, rows)
     if ac is None:
         return
@@ -224,7 +227,6 @@ def onnxruntime(cfg: QuantizeConfig, ctx: StageContext, prepared: Path, plain: P
                 "latency_ms": {"fp32": latency_ms(OnnxModel(path=prepared), ctx),
                                "plain_int8": latency_ms(OnnxModel(path=plain, precision="int8"), ctx)}}
     if need_rank:
-        check_can_rank(rows, judge, cfg, ctx)
         best, result = greedy(plain_value, baseline, ranking(rows, judge), build, judge, cfg, ctx)
         fallback.update(result, drop=judge.drop(baseline, result["metric_after"]))
         if best is not None:
@@ -335,6 +337,7 @@ def openvino_sensitivity(cfg: QuantizeConfig, ctx: StageContext, quantized, work
     ctx.log(f"sensitivity of {len(layers)} layers on {judge.samples} eval samples (OpenVINO, NNCF's ranges reused)")
     rows = sensitivity_rows(layers, lambda kind, layer: save(openvino_variant(quantized, layer, kind)), judge,
                             openvino_modules(quantized, layers, ctx), ctx)
+    check_can_rank(rows, judge, cfg, ctx)
     record_sensitivity(ctx, judge, rows)
 
 
