@@ -1,0 +1,116 @@
+"""Accuracy recovery: per-layer sensitivity mapped to PyTorch modules, and accuracy_control's automatic
+mixed-precision fallback on the in-repo real case (MobileNet-style nets trained on the shipped Fashion-MNIST
+data, which lose more than a point with plain INT8), on ONNX Runtime and OpenVINO."""
+from __future__ import annotations
+
+import importlib.util
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+
+import compress
+from compress.artifacts import TorchModel
+from compress.errors import RecipeError
+from compress.recipe import parse_recipe
+
+from conftest import ROOT, fashion_recipe
+
+RECIPES = {rt: ROOT / "recipes" / f"accuracy-control-{rt}.yaml" for rt in ("onnxruntime", "openvino")}
+
+
+def _mobile(name: str):
+    spec = importlib.util.spec_from_file_location("fashion_mobile", ROOT / "recipes" / "models" / "fashion_mobile.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    return getattr(mod, name)().eval()
+
+
+def _layers(module) -> dict[str, type]:
+    return {n: type(m) for n, m in module.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+
+
+def test_onnx_layers_map_to_their_pytorch_modules(tmp):
+    import onnx
+
+    from compress.convert import torch_to_onnx
+    from compress.models import ModelSpec
+    from compress.recipe import InputSpec
+    from compress.stages.recovery import WEIGHTED_ONNX, module_name
+
+    module = _mobile("FashionMobileV2")
+    spec = ModelSpec(inputs=[InputSpec(shape=[1, 1, 28, 28])], outputs=["logits"])
+    torch_to_onnx(module, spec, tmp / "m.onnx")
+    names = {n for n, _ in module.named_modules() if n}
+    nodes = [n.name for n in onnx.load(str(tmp / "m.onnx")).graph.node if n.op_type in WEIGHTED_ONNX]
+    mapped = [module_name(n, names) for n in nodes]
+    assert sorted(mapped) == sorted(_layers(module)), list(zip(nodes, mapped))
+    assert module_name("/blocks/blocks.1/expand/expand.0/Conv", names) == "blocks.1.expand.0"
+    assert module_name("/not/a/module/Conv", names) is None
+
+
+def test_openvino_layers_map_to_modules_even_with_batchnorm_folded():
+    import openvino as ov
+
+    from compress.stages.recovery import WEIGHTED_OPENVINO, openvino_modules
+
+    module = _mobile("FashionMobileV3")
+    model = ov.convert_model(module, example_input=torch.zeros(1, 1, 28, 28))
+    layers = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() in WEIGHTED_OPENVINO]
+    ctx = SimpleNamespace(reference=TorchModel(path=None, module=module))
+    names = openvino_modules(model, layers, ctx)
+    assert any(layer.startswith("Multiply_") for layer in layers)   # the torch frontend's names for folded convs
+    assert sorted(names.values()) == sorted(_layers(module)), names
+
+
+@pytest.mark.parametrize("stage, message", [
+    ({"type": "quantize", "backend": "onnxruntime", "mode": "dynamic", "accuracy_control": {}}, "mode static"),
+    ({"type": "quantize", "backend": "tensorrt", "sensitivity": True}, "not yet for tensorrt"),
+    ({"type": "quantize", "backend": "openvino", "accuracy_control": {"max_fallback_layers": 0}}, "budget of 0"),
+])
+def test_accuracy_control_settings_are_checked(stage, message):
+    with pytest.raises(RecipeError, match=message):
+        parse_recipe(fashion_recipe([stage]))
+
+
+def _run(runtime: str, tmp, **control):
+    recipe = yaml.safe_load(RECIPES[runtime].read_text())
+    recipe["latency"] = {"warmup": 5, "runs": 30}
+    stage = recipe["stages"][-1]
+    stage["accuracy_control"].update(control)
+    if runtime == "onnxruntime":
+        stage["sensitivity"] = True
+    return compress.run(recipe, out=tmp / "runs", base_dir=ROOT / "recipes")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_fallback_recovers_the_real_case_within_the_gate(runtime, tmp):
+    result = _run(runtime, tmp)
+    stage = result.stages[-1]
+    fb = stage["details"]["fallback"]
+    assert fb["baseline"] - fb["plain_int8"] > 1.0, fb            # plain INT8 really loses more than a point
+    assert fb["met"] and fb["baseline"] - fb["metric_after"] <= fb["max_drop"], fb
+    assert 1 <= len(fb["kept_fp32"]) <= fb["budget"]
+    assert abs(stage["primary"]["delta"]) <= 1.0                   # on all 2000 eval images, the stage's runtime
+    assert result.passed
+    assert stage["artifact"]["precision"] == "int8" and stage["details"]["quantize_ops"] > 0
+    module = _mobile("FashionMobileV3")
+    assert all(s["module"] in _layers(module) for s in fb["steps"]), fb["steps"]
+    if runtime == "onnxruntime":
+        rows = stage["details"]["sensitivity"]["rows"]
+        assert sorted(r["module"] for r in rows) == sorted(_layers(module))
+        assert [s["node"] for s in fb["steps"]] == [r["node"] for r in rows[:len(fb["steps"])]]   # greedy in rank order
+    md = (result.run_dir / "report.md").read_text()
+    assert "accuracy control (top1" in md and fb["kept_fp32"][0] in md
+
+
+@pytest.mark.slow
+def test_fallback_stops_at_the_budget_and_fails_its_gate(tmp):
+    result = _run("onnxruntime", tmp, max_fallback_layers=1, max_drop=0.01)
+    fb = result.stages[-1]["details"]["fallback"]
+    assert len(fb["kept_fp32"]) <= 1 and len(fb["steps"]) <= 2 and not fb["met"]
+    gate = next(g for g in result.report["gates"] if g["gate"] == "accuracy_control")
+    assert not gate["passed"] and not result.passed
