@@ -140,7 +140,8 @@ def check_can_rank(rows: list[dict], judge: Judge, cfg: QuantizeConfig, ctx: Sta
     cannot rank layers: say so instead of keeping arbitrary layers in float."""
     values = {round(r[k], 9) for r in rows for k in ("only_this_fp32", "only_this_quantized")}
     if len(values) <= 1:
-        raise InputError(f"{'accuracy_control' if cfg.accuracy_control else 'sensitivity'} cannot rank layers: the metric {judge.name} is "
+        what = "accuracy_control" if cfg.accuracy_control else "sensitivity"
+        raise InputError(f"{what} cannot rank layers: the metric {judge.name} is "
                          f"{next(iter(values), float('nan')):.4g} for every candidate on {judge.samples} samples",
                          where=f"{ctx.where}.accuracy_control.metric" if cfg.accuracy_control else ctx.where,
                          hint="Use a metric that moves with small changes (metric: cosine), or more samples.")
@@ -414,6 +415,11 @@ def openvino_accuracy_control(cfg: QuantizeConfig, ctx: StageContext, model, cal
                                                   ranking_subset_size=min(judge.samples, 300), num_ranking_workers=1)
     listener = _RevertLog()
     logger = logging.getLogger("nncf")
+    quiet = [(h, h.level) for h in logger.handlers]   # NNCF's own console output: its restorer talks a lot
+    for handler, _ in quiet:
+        handler.setLevel(logging.WARNING)
+    level = logger.level
+    logger.setLevel(logging.INFO)
     logger.addHandler(listener)
     ctx.log(f"NNCF quantize_with_accuracy_control (max drop {ac.max_drop}, at most {ac.max_fallback_layers} layers)")
     try:
@@ -424,6 +430,9 @@ def openvino_accuracy_control(cfg: QuantizeConfig, ctx: StageContext, model, cal
             advanced_accuracy_restorer_parameters=restorer))
     finally:
         logger.removeHandler(listener)
+        logger.setLevel(level)
+        for handler, was in quiet:
+            handler.setLevel(was)
     modules = torch_modules(ctx)
     plain_xml = next(iter(sorted(plain_dir.glob("*.xml"))), None)
     plain_model = OpenVinoModel(path=plain_xml, precision="int8") if plain_xml else None

@@ -61,7 +61,7 @@ class SqueezeExcite(nn.Module):
 
 class _Mobile(nn.Module):
     # (out channels, stride, expand, kernel, squeeze-excite)
-    BLOCKS: list[tuple[int, int, int, int, bool]] = []
+    BLOCKS: tuple[tuple[int, int, int, int, bool], ...] = ()
     ACT: type = nn.ReLU6
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16, head: int = 256):
@@ -84,14 +84,14 @@ class _Mobile(nn.Module):
 
 
 class FashionMobileV2(_Mobile):
-    """MobileNetV2-style: stem stride 2, 14 -> 7, inverted residuals with ReLU6 (about 90k parameters)."""
-    BLOCKS = [(16, 1, 1, 3, False), (24, 1, 4, 3, False), (24, 1, 4, 3, False), (32, 2, 4, 3, False),
-              (32, 1, 4, 3, False), (48, 1, 4, 3, False), (48, 1, 4, 3, False)]
+    """MobileNetV2-style: stem stride 2, 14 -> 7, inverted residuals with ReLU6 (about 105k parameters)."""
+    BLOCKS = ((16, 1, 1, 3, False), (24, 1, 4, 3, False), (24, 1, 4, 3, False), (32, 2, 4, 3, False),
+              (32, 1, 4, 3, False), (48, 1, 4, 3, False), (48, 1, 4, 3, False))
     ACT = nn.ReLU6
 
 
 class FashionMobileV3(_Mobile):
     """MobileNetV3-style: HardSwish, squeeze-and-excitation, 5x5 depthwise kernels."""
-    BLOCKS = [(16, 1, 1, 3, True), (24, 1, 4, 3, False), (24, 1, 3, 3, False), (40, 2, 3, 5, True),
-              (40, 1, 3, 5, True), (48, 1, 3, 5, True), (48, 1, 3, 5, True)]
+    BLOCKS = ((16, 1, 1, 3, True), (24, 1, 4, 3, False), (24, 1, 3, 3, False), (40, 2, 3, 5, True),
+              (40, 1, 3, 5, True), (48, 1, 3, 5, True), (48, 1, 3, 5, True))
     ACT = nn.Hardswish
