@@ -14,15 +14,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_fashion_cnn import accuracy, normalise
+from train_small_cnn import fit
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "calibration_data"
@@ -57,26 +55,8 @@ def main() -> None:
     ids = {id(p) for p in depthwise}
     groups = [{"params": [p for p in model.parameters() if id(p) not in ids], "weight_decay": 1e-4},
               {"params": depthwise, "weight_decay": 0.0}]
-    steps = (len(x_train) + args.batch_size - 1) // args.batch_size
     opt = torch.optim.AdamW(groups, lr=args.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * steps)
-    rng = np.random.default_rng(0)
-    start = time.time()
-    for epoch in range(args.epochs):
-        model.train()
-        order = rng.permutation(len(x_train))
-        for i in range(steps):
-            idx = order[i * args.batch_size:(i + 1) * args.batch_size]
-            xb = normalise(torch.from_numpy(x_train[idx]))
-            flip = torch.from_numpy(rng.random(len(idx)) < 0.5)
-            xb[flip] = xb[flip].flip(-1)
-            loss = F.cross_entropy(model(xb), torch.from_numpy(y_train[idx]), label_smoothing=0.05)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-        print(f"epoch {epoch + 1}: loss {loss.item():.4f}, eval top-1 {100 * accuracy(model, x_eval, y_eval):.2f}% "
-              f"({time.time() - start:.0f} s)", flush=True)
+    fit(model, opt, args.lr, args.epochs, args.batch_size, (x_train, y_train), (x_eval, y_eval), label_smoothing=0.05)
     model.eval()
     torch.save(model.state_dict(), out)
     print(f"wrote {out} ({sum(p.numel() for p in model.parameters())} parameters)")
