@@ -27,7 +27,7 @@ def sensitivity_tables(run_dir: Path) -> list[Table]:
         for col in ("#", "layer", "module", "only INT8", "only float", "kept float"):
             table.add_column(col, overflow="fold")
         for i, row in enumerate(sens["rows"], 1):
-            table.add_row(str(i), row["node"], row["module"] or "–", f"{row['only_this_quantized']:.2f}",
+            table.add_row(str(i), row["node"], row["module"] or "–", _num(row["only_this_quantized"]),
                           f"{row['only_this_fp32']:.2f}", "yes" if row["node"] in kept else "")
         tables.append(table)
     if not tables:
@@ -35,3 +35,7 @@ def sensitivity_tables(run_dir: Path) -> list[Table]:
                          "or a ranked accuracy_control",
                          hint="Add `sensitivity: true` to the quantize stage and run the recipe again.")
     return tables
+
+
+def _num(value) -> str:
+    return "–" if value is None else f"{value:.2f}"

@@ -40,6 +40,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=4e-3)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--width", type=int, default=16, help="stem channels; the blocks scale with it")
+    ap.add_argument("--head", type=int, default=256, help="channels of the last 1x1 convolution")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     out = args.out or DATA / f"fashion_mobile{args.arch}.pt"
@@ -49,7 +51,7 @@ def main() -> None:
         x_train, y_train = f["x"], f["y"]
     with np.load(DATA / "fashion_mnist_eval.npz") as f:
         x_eval, y_eval = f["x"], f["y"]
-    model = model_class(args.arch)()
+    model = model_class(args.arch)(width=args.width, head=args.head)
     depthwise = [p for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1
                  for p in m.parameters()]
     ids = {id(p) for p in depthwise}

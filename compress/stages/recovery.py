@@ -114,14 +114,16 @@ def latency_ms(artifact, ctx: StageContext) -> float:
 
 
 def sensitivity_rows(layers: list[str], variant: Callable[[str, str], object], judge: Judge,
-                     modules: set[str] | dict[str, str | None] | None, ctx: StageContext) -> list[dict]:
-    """`variant(kind, layer)` builds the model with only `layer` quantized (kind "only_q") or only it in float."""
+                     modules: set[str] | dict[str, str | None] | None, ctx: StageContext,
+                     both: bool = True) -> list[dict]:
+    """`variant(kind, layer)` builds the model with only `layer` quantized (kind "only_q") or only it in float.
+    Without `both`, only the second view (all the fallback ranking needs): half the work."""
     rows = []
     bar = ctx.progress("sensitivity", len(layers))
     for layer in layers:
         module = modules.get(layer) if isinstance(modules, dict) else module_name(layer, modules)
         rows.append({"node": layer, "module": module,
-                     "only_this_quantized": judge(variant("only_q", layer)),
+                     "only_this_quantized": judge(variant("only_q", layer)) if both else None,
                      "only_this_fp32": judge(variant("only_fp", layer))})
         bar.update(1, layer=layer)
     bar.close()
@@ -132,13 +134,13 @@ def ranking(rows: list[dict], judge: Judge) -> list[dict]:
     """Most helpful to keep in float first: the best metric with only it in float, then the worst with only it
     quantized."""
     sign = 1 if judge.higher else -1
-    return sorted(rows, key=lambda r: (-sign * r["only_this_fp32"], sign * r["only_this_quantized"]))
+    return sorted(rows, key=lambda r: (-sign * r["only_this_fp32"], sign * (r["only_this_quantized"] or 0.0)))
 
 
 def check_can_rank(rows: list[dict], judge: Judge, cfg: QuantizeConfig, ctx: StageContext) -> None:
     """A metric with one value over every candidate (too few samples, or a metric that ignores the model)
     cannot rank layers: say so instead of keeping arbitrary layers in float."""
-    values = {round(r[k], 9) for r in rows for k in ("only_this_fp32", "only_this_quantized")}
+    values = {round(r[k], 9) for r in rows for k in ("only_this_fp32", "only_this_quantized") if r[k] is not None}
     if len(values) <= 1:
         what = "accuracy_control" if cfg.accuracy_control else "sensitivity"
         raise InputError(f"{what} cannot rank layers: the metric {judge.name} is "
@@ -217,7 +219,8 @@ def onnxruntime(cfg: QuantizeConfig, ctx: StageContext, prepared: Path, plain: P
     if cfg.sensitivity or need_rank:
         ctx.log(f"sensitivity of {len(layers)} layers on {judge.samples} eval samples (ORT, calibration cache reused)")
         rows = sensitivity_rows(layers, lambda kind, layer: build([n for n in layers if n != layer] if kind == "only_q"
-                                                                  else [layer]), judge, modules, ctx)
+                                                                  else [layer]), judge, modules, ctx,
+                                both=cfg.sensitivity)
         check_can_rank(rows, judge, cfg, ctx)
         record_sensitivity(ctx, judge, rows)
     if ac is None:
@@ -492,7 +495,7 @@ def sections(record: dict) -> list[str]:
         lines += [f"### Sensitivity ({record['name']}, {sens['metric']} on {sens['samples']} eval samples)", "",
                   "| rank | layer | module | only this INT8 | only this float |", "|---|---|---|---|---|"]
         for i, row in enumerate(sens["rows"], 1):
-            lines.append(f"| {i} | {row['node']} | {row['module'] or '–'} | {row['only_this_quantized']:.2f} | "
+            lines.append(f"| {i} | {row['node']} | {row['module'] or '–'} | {_num(row['only_this_quantized'])} | "
                          f"{row['only_this_fp32']:.2f} |")
         lines.append("")
     return lines
