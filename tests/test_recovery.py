@@ -15,7 +15,7 @@ from compress.artifacts import TorchModel
 from compress.errors import RecipeError
 from compress.recipe import parse_recipe
 
-from conftest import ROOT, fashion_recipe
+from conftest import ROOT, cli, fashion_recipe
 
 RECIPES = {rt: ROOT / "recipes" / f"accuracy-control-{rt}.yaml" for rt in ("onnxruntime", "openvino")}
 
@@ -78,39 +78,65 @@ def test_accuracy_control_settings_are_checked(stage, message):
 def _run(runtime: str, tmp, **control):
     recipe = yaml.safe_load(RECIPES[runtime].read_text())
     recipe["latency"] = {"warmup": 5, "runs": 30}
-    stage = recipe["stages"][-1]
-    stage["accuracy_control"].update(control)
-    if runtime == "onnxruntime":
-        stage["sensitivity"] = True
+    recipe["stages"][-1]["accuracy_control"].update(control)
     return compress.run(recipe, out=tmp / "runs", base_dir=ROOT / "recipes")
+
+
+def _torchvision_layers() -> dict[str, type]:
+    import torchvision
+
+    return _layers(torchvision.models.mobilenet_v3_small(weights=None))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
-def test_fallback_recovers_the_real_case_within_the_gate(runtime, tmp):
+def test_fallback_recovers_mobilenet_v3_within_the_gate(runtime, tmp):
     result = _run(runtime, tmp)
     stage = result.stages[-1]
     fb = stage["details"]["fallback"]
     assert fb["baseline"] - fb["plain_int8"] > 1.0, fb            # plain INT8 really loses more than a point
     assert fb["met"] and fb["baseline"] - fb["metric_after"] <= fb["max_drop"], fb
     assert 1 <= len(fb["kept_fp32"]) <= fb["budget"]
-    assert abs(stage["primary"]["delta"]) <= 1.0                   # on all 2000 eval images, the stage's runtime
-    assert result.passed
+    assert stage["primary"]["delta"] >= -1.5 and result.passed    # on all 200 eval images, on the stage's runtime
     assert stage["artifact"]["precision"] == "int8" and stage["details"]["quantize_ops"] > 0
-    module = _mobile("FashionMobileV3")
-    assert all(s["module"] in _layers(module) for s in fb["steps"]), fb["steps"]
-    if runtime == "onnxruntime":
-        rows = stage["details"]["sensitivity"]["rows"]
-        assert sorted(r["module"] for r in rows) == sorted(_layers(module))
-        assert [s["node"] for s in fb["steps"]] == [r["node"] for r in rows[:len(fb["steps"])]]   # greedy in rank order
+    layers = _torchvision_layers()
+    assert all(s["module"] in layers for s in fb["steps"] if s["metric"] is not None), fb["steps"]
+    if runtime == "onnxruntime":   # greedy in the ranking's order, each layer's metric and latency recorded
+        ranked = [r["node"] for r in stage["details"]["sensitivity"]["rows"]]
+        assert [s["node"] for s in fb["steps"]] == ranked[:len(fb["steps"])]
+        assert all(s["latency_ms"] > 0 for s in fb["steps"])
     md = (result.run_dir / "report.md").read_text()
-    assert "accuracy control (top1" in md and fb["kept_fp32"][0] in md
+    assert "accuracy control (top1_agreement" in md and fb["kept_fp32"][0] in md
+
+
+def _fashion_v3(stage: dict) -> dict:
+    recipe = fashion_recipe([{"type": "export"}, stage])
+    recipe["model"].update(factory=str(ROOT / "recipes/models/fashion_mobile.py") + ":FashionMobileV3",
+                           weights=str(ROOT / "calibration_data/fashion_mobilev3.pt"))
+    recipe["data"]["eval"]["samples"] = 200
+    return recipe
+
+
+@pytest.mark.slow
+def test_sensitivity_ranks_every_layer_of_a_trained_net_by_its_module(tmp):
+    stage = {"type": "quantize", "backend": "onnxruntime", "sensitivity": True}
+    result = compress.run(_fashion_v3(stage), out=tmp)
+    sens = result.stages[-1]["details"]["sensitivity"]
+    assert sorted(r["module"] for r in sens["rows"]) == sorted(_layers(_mobile("FashionMobileV3")))
+    assert sens["metric"] == "top1" and sens["samples"] == 200
+    best = [r["only_this_fp32"] for r in sens["rows"]]
+    assert best == sorted(best, reverse=True)
+    shown = cli("inspect", "--sensitivity", result.run_dir)
+    assert shown.returncode == 0 and sens["rows"][0]["module"] in shown.stdout
 
 
 @pytest.mark.slow
 def test_fallback_stops_at_the_budget_and_fails_its_gate(tmp):
-    result = _run("onnxruntime", tmp, max_fallback_layers=1, max_drop=0.01)
+    stage = {"type": "quantize", "backend": "onnxruntime",
+             "accuracy_control": {"max_drop": 0.0001, "max_fallback_layers": 1, "metric": "cosine", "samples": 100}}
+    result = compress.run(_fashion_v3(stage), out=tmp)
     fb = result.stages[-1]["details"]["fallback"]
+    assert fb["plain_int8"] < fb["baseline"] - 0.0001                 # the ranking was needed
     assert len(fb["kept_fp32"]) <= 1 and len(fb["steps"]) <= 2 and not fb["met"]
     gate = next(g for g in result.report["gates"] if g["gate"] == "accuracy_control")
     assert not gate["passed"] and not result.passed
