@@ -350,12 +350,16 @@ class _RevertLog(logging.Handler):
 
     def __init__(self):
         super().__init__(logging.INFO)
-        self.reverted: list[list[str]] = []
+        self.reverted: list[list[str]] = []    # each step's group, including steps NNCF later undid
+        self.final: list[str] | None = None    # what stayed reverted at the end
 
     def emit(self, record: logging.LogRecord) -> None:
         text = record.getMessage()
+        names = [line.strip() for line in text.splitlines()[1:] if line.strip()]
         if text.startswith("Reverted ") and "operations to the floating-point precision" in text:
-            self.reverted.append([line.strip() for line in text.splitlines()[1:] if line.strip()])
+            self.reverted.append(names)
+        elif "were reverted back to the floating-point precision" in text:
+            self.final = names
 
 
 def _items(ctx: StageContext, count: int, fp32) -> list[tuple]:
@@ -444,17 +448,19 @@ def openvino_accuracy_control(cfg: QuantizeConfig, ctx: StageContext, model, cal
     plain_value = validate(core().compile_model(str(plain_xml), "CPU"), items) * sign if plain_xml else None
     final_path = work / "final.xml"
     ov.save_model(quantized, str(final_path), compress_to_fp16=False)
-    kept = [name for group in listener.reverted for name in group]
+    tried = [name for group in listener.reverted for name in group]
+    kept = listener.final if listener.final is not None else tried
     names = openvino_modules(model, [op.get_friendly_name() for op in model.get_ordered_ops()
                                      if op.get_type_name() in WEIGHTED_OPENVINO], ctx)
-    steps = [{"node": name, "module": names.get(name) or module_name(name, modules), "metric": None, "latency_ms": None}
-             for name in kept]
+    steps = [{"node": name, "module": names.get(name) or module_name(name, modules), "metric": None, "latency_ms": None,
+              "kept": name in kept} for name in tried]
     if steps:   # NNCF reports the metric only at the end: give the last step the final value
         steps[-1].update(metric=after, latency_ms=latency_ms(OpenVinoModel(path=final_path), ctx))
     ctx.details["fallback"] = {
         "metric": metric, "max_drop": ac.max_drop, "budget": ac.max_fallback_layers, "baseline": baseline,
         "plain_int8": plain_value, "samples": judge.samples, "steps": steps, "kept_fp32": kept,
         "metric_after": after, "met": judge.drop(baseline, after) <= ac.max_drop, "drop": judge.drop(baseline, after),
+        "groups": len(listener.reverted),   # NNCF reverts a layer with the operations around it; the budget counts these
         "engine": "nncf.quantize_with_accuracy_control",
         "latency_ms": {"fp32": latency_ms(OpenVinoModel(path=fp32_path), ctx),
                        "plain_int8": latency_ms(plain_model, ctx) if plain_model else None}}
@@ -471,10 +477,16 @@ def notes(record: dict) -> list[str]:
                      for s in fb["steps"] if s.get("kept", True)) or "none"
     line = (f"accuracy control ({fb['metric']}, {fb['samples']} eval samples): FP32 {fb['baseline']:.2f}, plain INT8 "
             f"{_num(fb['plain_int8'])}, with fallback {fb['metric_after']:.2f} (max drop {fb['max_drop']}, "
-            f"{'met' if fb['met'] else 'NOT met'}); {len(fb['kept_fp32'])}/{fb['budget']} layers kept in float: {kept}")
+            f"{'met' if fb['met'] else 'NOT met'}); {_spent(fb)} kept in float: {kept}")
     if lat.get("fp32") and lat.get("plain_int8"):
         line += f"; p50 FP32 {lat['fp32']:.3f} ms, plain INT8 {lat['plain_int8']:.3f} ms"
     return [line]
+
+
+def _spent(fb: dict) -> str:
+    if "groups" in fb:
+        return f"{len(fb['kept_fp32'])} operations (NNCF steps {fb['groups']} of at most {fb['budget']})"
+    return f"{len(fb['kept_fp32'])} of at most {fb['budget']} layers"
 
 
 def _num(value) -> str:
@@ -507,4 +519,5 @@ def gates(record: dict) -> list[dict]:
         return []
     return [{"gate": "accuracy_control", "threshold": f"drop <= {fb['max_drop']} ({fb['metric']})",
              "value": round(fb["drop"], 4), "passed": bool(fb["met"]),
-             "detail": f"stage {record['name']}: {len(fb['kept_fp32'])} of at most {fb['budget']} layers kept in float"}]
+             "detail": f"stage {record['name']}: {fb['metric']} {fb['metric_after']:.2f} vs FP32 {fb['baseline']:.2f} with "
+                       f"{_spent(fb)} kept in float"}]
