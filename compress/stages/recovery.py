@@ -294,9 +294,11 @@ def openvino_modules(model, layers: list[str], ctx: StageContext) -> dict[str, s
         return names
     torch_layers = _torch_signatures(ctx.reference.module)
     index = {name: i for i, (name, _) in enumerate(torch_layers)}
-    ops = {op.get_friendly_name(): op for op in model.get_ordered_ops()}
-    at = 0
-    for layer in layers:
+    ordered = [op for op in model.get_ordered_ops() if op.get_type_name() in WEIGHTED_OPENVINO]
+    ops = {op.get_friendly_name(): op for op in ordered}
+    names = {op.get_friendly_name(): module_name(op.get_friendly_name(), modules) for op in ordered}   # all layers:
+    at = 0                                                                      # named ones keep the walk in step
+    for layer in names:
         if names[layer] is not None:
             at = index.get(names[layer], at - 1) + 1
             continue
@@ -304,7 +306,7 @@ def openvino_modules(model, layers: list[str], ctx: StageContext) -> dict[str, s
         if at < len(torch_layers) and torch_layers[at][1] == sig:
             names[layer] = torch_layers[at][0]
             at += 1
-    return names
+    return {layer: names.get(layer) for layer in layers}
 
 
 def openvino_layers(model) -> list[str]:
