@@ -28,7 +28,7 @@ def sensitivity_tables(run_dir: Path) -> list[Table]:
             table.add_column(col, overflow="fold")
         for i, row in enumerate(sens["rows"], 1):
             table.add_row(str(i), row["node"], row["module"] or "–", _num(row["only_this_quantized"]),
-                          f"{row['only_this_fp32']:.2f}", "yes" if row["node"] in kept else "")
+                          f"{row['only_this_fp32']:.3f}", "yes" if row["node"] in kept else "")
         tables.append(table)
     if not tables:
         raise InputError(f"{run_dir} has no sensitivity analysis: no quantize stage ran with `sensitivity: true` "
@@ -38,4 +38,4 @@ def sensitivity_tables(run_dir: Path) -> list[Table]:
 
 
 def _num(value) -> str:
-    return "–" if value is None else f"{value:.2f}"
+    return "–" if value is None else f"{value:.3f}"

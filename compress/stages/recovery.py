@@ -477,8 +477,8 @@ def notes(record: dict) -> list[str]:
     lat = fb.get("latency_ms") or {}
     kept = ", ".join(f"{s['node']}" + (f" ({s['module']})" if s.get("module") else "")
                      for s in fb["steps"] if s.get("kept", True)) or "none"
-    line = (f"accuracy control ({fb['metric']}, {fb['samples']} eval samples): FP32 {fb['baseline']:.2f}, plain INT8 "
-            f"{_num(fb['plain_int8'])}, with fallback {fb['metric_after']:.2f} (max drop {fb['max_drop']}, "
+    line = (f"accuracy control ({fb['metric']}, {fb['samples']} eval samples): FP32 {fb['baseline']:.3f}, plain INT8 "
+            f"{_num(fb['plain_int8'])}, with fallback {fb['metric_after']:.3f} (max drop {fb['max_drop']}, "
             f"{'met' if fb['met'] else 'NOT met'}); {_spent(fb)} kept in float: {kept}")
     if lat.get("fp32") and lat.get("plain_int8"):
         line += f"; p50 FP32 {lat['fp32']:.3f} ms, plain INT8 {lat['plain_int8']:.3f} ms"
@@ -492,7 +492,7 @@ def _spent(fb: dict) -> str:
 
 
 def _num(value) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def sections(record: dict) -> list[str]:
@@ -510,7 +510,7 @@ def sections(record: dict) -> list[str]:
                   "| rank | layer | module | only this INT8 | only this float |", "|---|---|---|---|---|"]
         for i, row in enumerate(sens["rows"], 1):
             lines.append(f"| {i} | {row['node']} | {row['module'] or '–'} | {_num(row['only_this_quantized'])} | "
-                         f"{row['only_this_fp32']:.2f} |")
+                         f"{row['only_this_fp32']:.3f} |")
         lines.append("")
     return lines
 
