@@ -291,10 +291,19 @@ def inspect(run_dir: Path = typer.Argument(..., help="a run folder (runs/<name>-
                                         "(writes inspect/layers.json)"),
             stage: str | None = typer.Option(None, "--stage", help="with --layers: the INT8 stage (default: the first)"),
             batches: int = typer.Option(2, "--batches", help="with --layers: calibration batches to trace"),
-            as_json: bool = typer.Option(False, "--json")):
-    """Print the report of a finished run, or (--layers) where its INT8 model loses accuracy."""
+            as_json: bool = typer.Option(False, "--json"),
+            sensitivity: bool = typer.Option(False, "--sensitivity",
+                                             help="the per-layer sensitivity ranking a quantize stage recorded")):
+    """Print the report of a finished run; --layers: where its INT8 model loses accuracy; --sensitivity: the
+    per-layer ranking a quantize stage recorded."""
     from .report import load
 
+    if sensitivity:
+        from .sensitivity import sensitivity_tables
+
+        for table in sensitivity_tables(run_dir):
+            out.print(table)
+        return
     if layers:
         from .inspect_layers import table, trace
 

@@ -169,15 +169,15 @@ class Measurer:
         record.update(precision=artifact.precision, artifact_type=artifact.kind)
         return record
 
-    def score(self, model, samples: int) -> tuple[str, float]:
-        """The recipe's primary metric on the first `samples` eval samples, untimed: of a torch module, or of
-        any artifact on its own runtime (calibration candidates, fallback steps)."""
+    def score(self, model, samples: int, metric: str | None = None) -> tuple[str, float]:
+        """The recipe's primary metric (or built-in `metric`) on the first `samples` eval samples, untimed:
+        `model` is a torch module or any artifact (run on its own runtime)."""
         artifact = model if isinstance(model, Artifact) else TorchModel(path=None, module=model)
         session = open_session(artifact, threads=self.resolved.threads)
         result = evaluate(session, Head(self.inputs.eval, samples), batch_size=self.recipe.data.batch_size,
                           output_names=self.inputs.spec.outputs, reference=self.reference_outputs,
                           metric=self.inputs.metric, label=f"in-stage check ({session.runtime})")
-        return primary_metric(result, self.inputs.spec.outputs, self.primary)
+        return primary_metric(result, self.inputs.spec.outputs, metric or self.primary)
 
     def quick_latency(self, artifact: Artifact, runs: int = 20) -> float:
         """p50 ms of `artifact` at the recipe's latency batch and threads, a short run: to compare candidates

@@ -146,6 +146,25 @@ class StageBase(Strict):
                                                   "judge the last stage), e.g. what pruning alone may cost")
 
 
+class AccuracyControl(Strict):
+    """Automatic mixed precision: keep the layers that cost the most accuracy in float, one at a time from a
+    sensitivity ranking, until the drop is within `max_drop` or `max_fallback_layers` are spent."""
+    max_drop: float = Field(0.5, gt=0, description="allowed drop of the metric vs FP32 on the same runtime "
+                                                   "(points for top-1/agreement/cosine x100)")
+    max_fallback_layers: int = Field(10, ge=1, le=10_000, description="most layers kept in float")
+    metric: Literal["primary", "top1", "top1_agreement", "cosine"] = Field(
+        "primary", description="what is ranked and gated: the recipe's primary metric or a built-in one")
+    samples: int = Field(300, ge=20, le=MAX_SAMPLES, description="eval samples used to rank layers and check the drop")
+
+    @field_validator("max_fallback_layers", mode="before")
+    @classmethod
+    def _budget(cls, value):
+        if value == 0:
+            raise ValueError("a budget of 0 layers keeps nothing in float: remove accuracy_control for plain INT8, "
+                             "or allow at least 1 layer")
+        return value
+
+
 class QuantizeConfig(StageBase):
     type: Literal["quantize"]
     mode: Literal["static", "dynamic"] = Field(
@@ -186,9 +205,18 @@ class QuantizeConfig(StageBase):
                           "when INT8 shifts activations, e.g. small or pruned CNNs); fast: NNCF's own default, a "
                           "per-layer estimate. Default: full, except fast for transformers (measured: full bias "
                           "correction costs a BERT encoder 3 points of cosine)")
+    accuracy_control: AccuracyControl | None = Field(
+        None, description="static mode: keep the most sensitive layers in float until the drop is within max_drop")
+    sensitivity: bool = Field(False, description="static mode: rank every quantizable layer by the metric with only "
+                                                 "it quantized and with only it left in float (kept in the report)")
 
     @model_validator(mode="after")
     def _check(self) -> QuantizeConfig:
+        if self.mode == "dynamic" and (self.accuracy_control is not None or self.sensitivity):
+            raise ValueError("'accuracy_control' and 'sensitivity' apply to mode static (they rank calibrated layers)")
+        if self.backend not in ("openvino", "onnxruntime") and (self.accuracy_control is not None or self.sensitivity):
+            raise ValueError(f"'accuracy_control' and 'sensitivity' are offered for backends openvino and onnxruntime; "
+                             f"not yet for {self.backend}")
         if self.mode == "dynamic":
             for key, default in (("method", None), ("samples", None), ("preset", None), ("model_type", "auto"),
                                  ("bias_correction", None)):

@@ -27,6 +27,31 @@ from train_fashion_cnn import accuracy, load_model_class, normalise
 DATA = Path(__file__).resolve().parent.parent / "calibration_data"
 
 
+def fit(model, opt, lr: float, epochs: int, batch_size: int, train, evaluation, label_smoothing: float = 0.0) -> None:
+    """Seeded epochs over `train` (uint8 x, labels y) with random horizontal flips and a one-cycle schedule;
+    prints top-1 on `evaluation` after each epoch."""
+    (x_train, y_train), (x_eval, y_eval) = train, evaluation
+    steps = (len(x_train) + batch_size - 1) // batch_size
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps)
+    rng = np.random.default_rng(0)
+    start = time.time()
+    for epoch in range(epochs):
+        model.train()
+        order = rng.permutation(len(x_train))
+        for i in range(steps):
+            idx = order[i * batch_size:(i + 1) * batch_size]
+            xb = normalise(torch.from_numpy(x_train[idx]))
+            flip = torch.from_numpy(rng.random(len(idx)) < 0.5)
+            xb[flip] = xb[flip].flip(-1)
+            loss = F.cross_entropy(model(xb), torch.from_numpy(y_train[idx]), label_smoothing=label_smoothing)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        print(f"epoch {epoch + 1}: loss {loss.item():.4f}, eval top-1 {100 * accuracy(model, x_eval, y_eval):.2f}% "
+              f"({time.time() - start:.0f} s)", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--width", type=int, default=4)
@@ -42,26 +67,8 @@ def main() -> None:
     with np.load(DATA / "fashion_mnist_eval.npz") as f:
         x_eval, y_eval = f["x"], f["y"]
     model = load_model_class()(width=args.width)
-    steps = (len(x_train) + args.batch_size - 1) // args.batch_size
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * steps)
-    rng = np.random.default_rng(0)
-    start = time.time()
-    for epoch in range(args.epochs):
-        model.train()
-        order = rng.permutation(len(x_train))
-        for i in range(steps):
-            idx = order[i * args.batch_size:(i + 1) * args.batch_size]
-            xb = normalise(torch.from_numpy(x_train[idx]))
-            flip = torch.from_numpy(rng.random(len(idx)) < 0.5)
-            xb[flip] = xb[flip].flip(-1)
-            loss = F.cross_entropy(model(xb), torch.from_numpy(y_train[idx]))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-        print(f"epoch {epoch + 1}: loss {loss.item():.4f}, eval top-1 {100 * accuracy(model, x_eval, y_eval):.2f}% "
-              f"({time.time() - start:.0f} s)", flush=True)
+    fit(model, opt, args.lr, args.epochs, args.batch_size, (x_train, y_train), (x_eval, y_eval))
     model.eval()
     torch.save(model.state_dict(), args.out)
     print(f"wrote {args.out} ({sum(p.numel() for p in model.parameters())} parameters)")

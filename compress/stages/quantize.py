@@ -18,7 +18,7 @@ from ..errors import InputError, StageError, backend_call
 from ..recipe import QuantizeConfig
 from ..runtimes import count_ops, open_session
 from ..validation import Agreement
-from . import StageContext, check_notes, quantized_nothing_gate, register
+from . import StageContext, check_notes, quantized_nothing_gate, recovery, register
 
 DEFAULT_SAMPLES = 300
 SELECTION_SAMPLES = 256
@@ -81,7 +81,9 @@ def _nncf_settings(cfg: QuantizeConfig, family: str) -> dict:
             "channel_alignment": False, "smooth_quant": None, "model_type": family}
 
 
-def _nncf_quantize(model, settings: dict, cfg: QuantizeConfig, ctx: StageContext, count: int):
+def _nncf_args(settings: dict, cfg: QuantizeConfig, float_weights: bool = False) -> dict:
+    """nncf.quantize's keyword arguments for one settings dict (quantize_with_accuracy_control takes the same,
+    with `advanced_parameters` named `advanced_quantization_parameters`)."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
@@ -94,15 +96,23 @@ def _nncf_quantize(model, settings: dict, cfg: QuantizeConfig, ctx: StageContext
         advanced["disable_channel_alignment"] = False
     if settings["smooth_quant"] is not None:
         advanced["smooth_quant_alphas"] = AdvancedSmoothQuantParameters(matmul=settings["smooth_quant"])
+    if float_weights:   # FakeQuantize on float weights, so that sensitivity can bypass a layer's quantizers
+        advanced["backend_params"] = {"compress_weights": False}
     preset = None if settings["preset"] is None else \
         {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}[settings["preset"]]
-    model_type = nncf.ModelType.TRANSFORMER if settings["model_type"] == "transformer" else None
-    ignored = nncf.IgnoredScope(names=list(cfg.ignore)) if cfg.ignore else None
-    return call_nncf(lambda: nncf.quantize(model, nncf.Dataset(CalibrationSamples(ctx, count)), preset=preset,
-                                           model_type=model_type, subset_size=count, ignored_scope=ignored,
-                                           fast_bias_correction=settings["bias_correction"] == "fast",
-                                           advanced_parameters=AdvancedQuantizationParameters(**advanced)),
-                     ctx, bool(cfg.ignore), "NNCF quantization failed")
+    return {"preset": preset, "model_type": nncf.ModelType.TRANSFORMER if settings["model_type"] == "transformer"
+            else None, "ignored_scope": nncf.IgnoredScope(names=list(cfg.ignore)) if cfg.ignore else None,
+            "fast_bias_correction": settings["bias_correction"] == "fast",
+            "advanced_parameters": AdvancedQuantizationParameters(**advanced)}
+
+
+def _nncf_quantize(model, settings: dict, cfg: QuantizeConfig, ctx: StageContext, count: int,
+                   float_weights: bool = False):
+    import nncf
+
+    args = _nncf_args(settings, cfg, float_weights)
+    return call_nncf(lambda: nncf.quantize(model, nncf.Dataset(CalibrationSamples(ctx, count)), subset_size=count,
+                                           **args), ctx, bool(cfg.ignore), "NNCF quantization failed")
 
 
 def _nncf_variants(best: dict) -> list[tuple[str, dict]]:
@@ -125,6 +135,9 @@ def _quantize_nncf(cfg: QuantizeConfig, artifact, ctx: StageContext) -> OpenVino
 
     model = to_openvino(artifact, ctx.spec)
     count = _samples(cfg, ctx)
+    if cfg.ignore:
+        recovery.check_ignore(cfg, [op.get_friendly_name() for op in model.get_ordered_ops()], ctx.where,
+                              "OpenVINO model")
     family, why = decide(cfg.model_type, attention_matmuls_openvino(model))
     settings = _nncf_settings(cfg, family)
 
@@ -135,13 +148,31 @@ def _quantize_nncf(cfg: QuantizeConfig, artifact, ctx: StageContext) -> OpenVino
         built.precision = "int8"
         return built
 
-    if cfg.method == "auto":
+    if cfg.method == "auto":   # calibration first; sensitivity and fallback then start from the chosen settings
         first = [(name, {**settings, "estimator": est}) for name, est in
                  (("nncf default", None), ("minmax", "minmax"), ("percentile", "percentile"),
                   ("histogram", "histogram"))]
         out, settings = search(ctx, first, _nncf_variants, build, ctx.out_dir)
-    else:
+    elif not recovery.wanted(cfg):
         out = build(settings, ctx.out_dir)
+    if recovery.wanted(cfg):
+        work = ctx.out_dir / "work"
+        work.mkdir()
+        quantized = None
+        if cfg.sensitivity:
+            from openvino._offline_transformations import compress_quantize_weights_transformation
+
+            ctx.log(f"NNCF calibration on {count} samples (float weights, for the sensitivity analysis)")
+            quantized = _nncf_quantize(model, settings, cfg, ctx, count, float_weights=True)
+            recovery.openvino_sensitivity(cfg, ctx, quantized, work)
+            compress_quantize_weights_transformation(quantized)   # INT8 weights, as nncf.quantize gives them
+        if cfg.accuracy_control is not None:
+            quantized = recovery.openvino_accuracy_control(
+                cfg, ctx, model, nncf.Dataset(CalibrationSamples(ctx, count)), count, _nncf_args(settings, cfg), work,
+                lambda fn: call_nncf(fn, ctx, bool(cfg.ignore), "NNCF quantization with accuracy control failed"))
+        out = save_openvino(quantized, ctx.out_dir / "model.xml", ctx.details.get("stamp", {}))
+        out.precision = "int8"
+        shutil.rmtree(work)
     ctx.details.update(backend="nncf", nncf=nncf.__version__, samples=count,
                        preset=settings["preset"] or ("mixed (NNCF default for transformers)" if family == "transformer"
                                                      else "performance (NNCF default)"),
@@ -206,7 +237,9 @@ def _ort_settings(cfg: QuantizeConfig, scheme: str, family: str) -> dict:
 
 
 def _ort_quantize(src: Path, dst: Path, settings: dict, cfg: QuantizeConfig, ctx: StageContext, count: int,
-                  work: Path) -> None:
+                  work: Path, exclude: list[str] | None = None) -> None:
+    """Quantize `src` with one settings dict; calibration ranges are cached in `work` per calibration setting, so
+    later calls (other options, fallback variants) skip calibration. `exclude` replaces `ignore`."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     act, weight, reduce_range = SCHEMES[settings["scheme"]]
@@ -223,7 +256,8 @@ def _ort_quantize(src: Path, dst: Path, settings: dict, cfg: QuantizeConfig, ctx
         quantize_static(str(src), str(dst), _Reader(ctx, count), quant_format=QuantFormat.QDQ,
                         per_channel=settings["per_channel"], reduce_range=reduce_range,
                         activation_type=getattr(QuantType, act), weight_type=getattr(QuantType, weight),
-                        nodes_to_exclude=list(cfg.ignore) or None, op_types_to_quantize=ops,
+                        nodes_to_exclude=(list(cfg.ignore) if exclude is None else exclude) or None,
+                        op_types_to_quantize=ops,
                         calibrate_method=getattr(CalibrationMethod, ORT_METHODS[settings["calibration"]]),
                         extra_options=extra, calibration_cache_path=str(cache))
 
@@ -285,6 +319,8 @@ def _quantize_onnxruntime(cfg: QuantizeConfig, artifact: OnnxModel, ctx: StageCo
             contextlib.chdir(work):  # ORT writes shape-inference temp files into the working directory
         quant_pre_process(str(artifact.path.absolute()), str(prepared.absolute()), skip_symbolic_shape=False,
                           auto_merge=True)
+    if cfg.ignore:
+        recovery.check_ignore(cfg, recovery.onnx_node_names(prepared), ctx.where, "ONNX graph")
     family, why = decide(cfg.model_type, attention_matmuls_onnx(prepared))
     candidates, reason = _schemes(cfg, ctx)
     threads = ctx.threads
@@ -319,6 +355,9 @@ def _quantize_onnxruntime(cfg: QuantizeConfig, artifact: OnnxModel, ctx: StageCo
         settings = _ort_settings(cfg, chosen, family)
         (work / chosen / "model.onnx").rename(path)
         out = OnnxModel(path=path, precision="int8")
+    if recovery.wanted(cfg):   # sensitivity / fallback from the chosen settings, calibration cache reused
+        recovery.onnxruntime(cfg, ctx, prepared, out.path,
+                             lambda dst, exclude: _ort_quantize(prepared, dst, settings, cfg, ctx, count, work, exclude))
     stamp_onnx(out.path, ctx.details.get("stamp", {}))
     ctx.details.update(backend="onnxruntime", samples=count, method=cfg.method or "minmax",
                        calibration=settings["calibration"], format="QDQ", per_channel=settings["per_channel"],
@@ -515,6 +554,8 @@ def _dynamic_onnxruntime(cfg: QuantizeConfig, artifact: OnnxModel, ctx: StageCon
             with contextlib.chdir(ctx.out_dir):  # ORT writes shape-inference temp files into the working directory
                 quant_pre_process(str(artifact.path.absolute()), str(prepared.absolute()), skip_symbolic_shape=False,
                                   auto_merge=True)
+            if cfg.ignore:
+                recovery.check_ignore(cfg, recovery.onnx_node_names(prepared), ctx.where, "ONNX graph")
             quantize_dynamic(str(prepared), str(path), weight_type=QuantType.QInt8, per_channel=cfg.per_channel,
                              reduce_range=reduce_range, nodes_to_exclude=list(cfg.ignore) or None)
     finally:
@@ -642,15 +683,26 @@ def _notes(record: dict) -> list[str]:
                      + ": " + "; ".join(f"{t['name']} {next(iter(t['metric'].values())):.2f} {t['latency_ms']:.2f} ms"
                                         + (" (kept)" if t["chosen"] else "") for t in tried))
     if "scheme" not in d:
-        return lines + check_notes(record)
+        return lines + check_notes(record) + recovery.notes(record)
     schemes = d.get("scheme_candidates")
     tried_schemes = ": " + ", ".join(f"{k} top-1 agreement {v.get('top1_agreement', float('nan')):.2f}%, "
                                      f"cos {v['cosine']:.4f}" for k, v in schemes.items()) if schemes else ""
-    return [*lines, f"ORT scheme {d['scheme']} ({d['scheme_reason']}){tried_schemes}"]
+    return [*lines, *recovery.notes(record), f"ORT scheme {d['scheme']} ({d['scheme_reason']}){tried_schemes}"]
+
+
+def _check(cfg: QuantizeConfig, state) -> None:
+    """accuracy_control ranks layers on held-out data: without data.eval it has nothing to rank on."""
+    from ..errors import ChainError
+
+    if cfg.accuracy_control is not None and state.recipe.data.eval is None:
+        raise ChainError("accuracy_control needs eval data to rank layers by the metric, and the recipe has none",
+                         where=f"{state.where}.accuracy_control",
+                         hint="Add data.eval (held-out samples), or remove accuracy_control.")
 
 
 @register(QuantizeConfig, accepts=_accepts, quantizes=lambda cfg: cfg.backend, forbids_after=_forbids_after,
-          reads=_reads, gates=quantized_nothing_gate, notes=_notes)
+          reads=_reads, gates=lambda record: quantized_nothing_gate(record) + recovery.gates(record), notes=_notes,
+          sections=recovery.sections, check=_check)
 def quantize(cfg: QuantizeConfig, artifact, ctx: StageContext):
     if artifact.precision != "fp32":
         raise InputError(f"the model is already {artifact.precision}; quantize an FP32 model", where=ctx.where)

@@ -1,0 +1,139 @@
+"""Accuracy recovery: per-layer sensitivity mapped to PyTorch modules, and accuracy_control's automatic
+mixed-precision fallback, on ONNX Runtime and OpenVINO, with the MobileNetV3-style net trained on the shipped
+Fashion-MNIST data (its INT8 loss is small: the gate is on cosine agreement, tight enough to need fallback)."""
+from __future__ import annotations
+
+import importlib.util
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import compress
+from compress.artifacts import TorchModel
+from compress.errors import RecipeError
+from compress.recipe import parse_recipe
+
+from conftest import ROOT, cli, fashion_recipe
+
+
+def _mobile(name: str):
+    spec = importlib.util.spec_from_file_location("fashion_mobile", ROOT / "recipes" / "models" / "fashion_mobile.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    return getattr(mod, name)().eval()
+
+
+def _layers(module) -> dict[str, type]:
+    return {n: type(m) for n, m in module.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+
+
+def test_onnx_layers_map_to_their_pytorch_modules(tmp):
+    import onnx
+
+    from compress.convert import torch_to_onnx
+    from compress.models import ModelSpec
+    from compress.recipe import InputSpec
+    from compress.stages.recovery import WEIGHTED_ONNX, module_name
+
+    module = _mobile("FashionMobileV2")
+    spec = ModelSpec(inputs=[InputSpec(shape=[1, 1, 28, 28])], outputs=["logits"])
+    torch_to_onnx(module, spec, tmp / "m.onnx")
+    names = {n for n, _ in module.named_modules() if n}
+    nodes = [n.name for n in onnx.load(str(tmp / "m.onnx")).graph.node if n.op_type in WEIGHTED_ONNX]
+    mapped = [module_name(n, names) for n in nodes]
+    assert sorted(mapped) == sorted(_layers(module)), list(zip(nodes, mapped))
+    assert module_name("/blocks/blocks.1/expand/expand.0/Conv", names) == "blocks.1.expand.0"
+    assert module_name("/not/a/module/Conv", names) is None
+
+
+def test_openvino_layers_map_to_modules_even_with_batchnorm_folded():
+    import openvino as ov
+
+    from compress.stages.recovery import WEIGHTED_OPENVINO, openvino_modules
+
+    module = _mobile("FashionMobileV3")
+    model = ov.convert_model(module, example_input=torch.zeros(1, 1, 28, 28))
+    layers = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() in WEIGHTED_OPENVINO]
+    ctx = SimpleNamespace(reference=TorchModel(path=None, module=module))
+    names = openvino_modules(model, layers, ctx)
+    assert any(layer.startswith("Multiply_") for layer in layers)   # the torch frontend's names for folded convs
+    assert sorted(names.values()) == sorted(_layers(module)), names
+
+
+@pytest.mark.parametrize("stage, message", [
+    ({"type": "quantize", "backend": "onnxruntime", "mode": "dynamic", "accuracy_control": {}}, "mode static"),
+    ({"type": "quantize", "backend": "tensorrt", "sensitivity": True}, "not yet for tensorrt"),
+    ({"type": "quantize", "backend": "openvino", "accuracy_control": {"max_fallback_layers": 0}}, "budget of 0"),
+])
+def test_accuracy_control_settings_are_checked(stage, message):
+    with pytest.raises(RecipeError, match=message):
+        parse_recipe(fashion_recipe([stage]))
+
+
+def _fashion_v3(stage: dict) -> dict:
+    recipe = fashion_recipe([{"type": "export"}, stage])
+    recipe["model"].update(factory=str(ROOT / "recipes/models/fashion_mobile.py") + ":FashionMobileV3",
+                           weights=str(ROOT / "calibration_data/fashion_mobilev3.pt"))
+    recipe["data"]["eval"]["samples"] = 300
+    return recipe
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_sensitivity_ranks_every_layer_of_a_trained_net_by_its_module(backend, tmp):
+    stage = {"type": "quantize", "backend": backend, "sensitivity": True}
+    recipe = _fashion_v3(stage)
+    if backend == "openvino":
+        recipe["stages"] = [stage]
+    result = compress.run(recipe, out=tmp)
+    sens = result.stages[-1]["details"]["sensitivity"]
+    layers = _layers(_mobile("FashionMobileV3"))
+    if backend == "onnxruntime":
+        assert sorted(r["module"] for r in sens["rows"]) == sorted(layers)
+    else:   # NNCF leaves the squeeze-and-excitation convolutions in float: every other layer is ranked
+        assert {r["module"] for r in sens["rows"]} == {n for n in layers if ".se." not in n}
+    assert sens["metric"] == "top1" and sens["samples"] == 200
+    best = [r["only_this_fp32"] for r in sens["rows"]]
+    assert best == sorted(best, reverse=True)
+    shown = cli("inspect", "--sensitivity", result.run_dir)
+    assert shown.returncode == 0 and sens["rows"][0]["module"] in shown.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_fallback_keeps_layers_in_float_and_wins_back_agreement(backend, tmp):
+    stage = {"type": "quantize", "backend": backend,
+             "accuracy_control": {"max_drop": 0.01, "max_fallback_layers": 3, "metric": "cosine", "samples": 200}}
+    recipe = _fashion_v3(stage)
+    if backend == "openvino":
+        recipe["stages"] = [stage]
+    result = compress.run(recipe, out=tmp)
+    stage = result.stages[-1]
+    fb = stage["details"]["fallback"]
+    assert fb["baseline"] - fb["plain_int8"] > fb["max_drop"], fb       # plain INT8 misses the gate: ranking needed
+    assert fb["metric_after"] > fb["plain_int8"] and fb["kept_fp32"], fb  # the layers kept in float win some back
+    assert (fb["groups"] if backend == "openvino" else len(fb["kept_fp32"])) <= fb["budget"]
+    modules = {n for n, _ in _mobile("FashionMobileV3").named_modules() if n}
+    assert all(s["module"] in modules for s in fb["steps"]), fb["steps"]
+    if backend == "onnxruntime":   # greedy in the ranking's order, each step's metric and latency recorded
+        ranked = [r["node"] for r in stage["details"]["sensitivity"]["rows"]]
+        assert [s["node"] for s in fb["steps"]] == ranked[:len(fb["steps"])]
+        assert all(s["latency_ms"] > 0 for s in fb["steps"])
+    gate = next(g for g in result.report["gates"] if g["gate"] == "accuracy_control")
+    assert gate["passed"] == fb["met"]
+    md = (result.run_dir / "report.md").read_text()
+    assert "accuracy control (cosine" in md and fb["kept_fp32"][0] in md
+
+
+@pytest.mark.slow
+def test_fallback_stops_at_the_budget_and_fails_its_gate(tmp):
+    stage = {"type": "quantize", "backend": "onnxruntime",
+             "accuracy_control": {"max_drop": 0.0001, "max_fallback_layers": 1, "metric": "cosine", "samples": 100}}
+    result = compress.run(_fashion_v3(stage), out=tmp)
+    fb = result.stages[-1]["details"]["fallback"]
+    assert fb["plain_int8"] < fb["baseline"] - 0.0001                 # the ranking was needed
+    assert len(fb["kept_fp32"]) <= 1 and len(fb["steps"]) <= 2 and not fb["met"]
+    gate = next(g for g in result.report["gates"] if g["gate"] == "accuracy_control")
+    assert not gate["passed"] and not result.passed
