@@ -64,7 +64,7 @@ def test_openvino_layers_map_to_modules_even_with_batchnorm_folded():
 
 @pytest.mark.parametrize("stage, message", [
     ({"type": "quantize", "backend": "onnxruntime", "mode": "dynamic", "accuracy_control": {}}, "mode static"),
-    ({"type": "quantize", "backend": "tensorrt", "sensitivity": True}, "not yet for tensorrt"),
+    ({"type": "quantize", "backend": "executorch", "sensitivity": True}, "not yet for executorch"),
     ({"type": "quantize", "backend": "openvino", "accuracy_control": {"max_fallback_layers": 0}}, "budget of 0"),
 ])
 def test_accuracy_control_settings_are_checked(stage, message):
@@ -137,3 +137,23 @@ def test_fallback_stops_at_the_budget_and_fails_its_gate(tmp):
     assert len(fb["kept_fp32"]) <= 1 and len(fb["steps"]) <= 2 and not fb["met"]
     gate = next(g for g in result.report["gates"] if g["gate"] == "accuracy_control")
     assert not gate["passed"] and not result.passed
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("modelopt") is None, reason="needs compress[tensorrt]")
+def test_tensorrt_fallback_keeps_modelopt_layers_in_float(tmp):
+    import onnx
+
+    stage = {"type": "quantize", "backend": "tensorrt", "samples": 64,
+             "accuracy_control": {"max_drop": 0.0001, "max_fallback_layers": 1, "metric": "cosine", "samples": 64}}
+    result = compress.run(fashion_recipe([stage]), out=tmp)
+    details = result.stages[-1]["details"]
+    fb, rows = details["fallback"], details["sensitivity"]["rows"]
+    assert fb["plain_int8"] < fb["baseline"] - 0.0001 and len(rows) >= 3          # every weighted layer ranked
+    assert len(fb["kept_fp32"]) <= 1 and len(fb["steps"]) <= 2
+    assert all(check["passed"] is not False for check in details["tensorrt_checks"])   # still TensorRT-ready QDQ
+    graph = onnx.load(str(result.run_dir / result.report["final_artifact"]["path"])).graph
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    for name in fb["kept_fp32"]:                    # a kept layer reads no dequantized tensor: it runs in float
+        node = next(n for n in graph.node if n.name == name)
+        assert not any(i in dequantized for i in node.input), name

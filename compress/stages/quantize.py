@@ -417,7 +417,7 @@ def _quantize_modelopt(cfg: QuantizeConfig, artifact, ctx: StageContext) -> Tens
     high = cfg.high_precision or ctx.resolved.high_precision or "fp32"
     np.savez(work / "calibration.npz", **data)
 
-    def build(settings: dict, folder: Path) -> TensorRTQDQModel:
+    def build(settings: dict, folder: Path, exclude: list[str] | None = None) -> TensorRTQDQModel:
         method = settings["calibration"]
         ctx.log(f"ModelOpt ONNX PTQ (int8, {method}, {count} samples, {high} for the rest; CPU calibration)")
         output = folder / "model.onnx"
@@ -425,7 +425,7 @@ def _quantize_modelopt(cfg: QuantizeConfig, artifact, ctx: StageContext) -> Tens
         shutil.copyfile(source, fresh)
         args = {"source": str(fresh), "calibration": str(work / "calibration.npz"), "method": method,
                 "shapes": shapes, "output": str(output), "high_precision": high,
-                "exclude": [f"^{re.escape(n)}$" for n in cfg.ignore]}
+                "exclude": [f"^{re.escape(n)}$" for n in (cfg.ignore if exclude is None else exclude)]}
         (work / "args.json").write_text(json.dumps(args))
         # its own process: importing ModelOpt's ONNX quantization patches ONNX Runtime's quantizer in place
         done = subprocess.run([sys.executable, "-m", "compress.tensorrt.modelopt_worker", str(work / "args.json")],
@@ -445,6 +445,13 @@ def _quantize_modelopt(cfg: QuantizeConfig, artifact, ctx: StageContext) -> Tens
     else:
         method = {None: "max", "minmax": "max", "entropy": "entropy"}[cfg.method]
         path = build({"calibration": method}, ctx.out_dir).path
+    if recovery.wanted(cfg):   # layers kept in float by ModelOpt's nodes_to_exclude; each variant recalibrates
+        def variant(dst: Path, exclude: list[str]) -> None:
+            folder = work / dst.stem
+            folder.mkdir()
+            build({"calibration": method}, folder, exclude).path.rename(dst)
+
+        recovery.onnxruntime(cfg, ctx, source, path, variant)
     shutil.rmtree(work)
     stamp_onnx(path, ctx.details.get("stamp", {}))
     out = TensorRTQDQModel(path=path, precision="int8")
