@@ -195,7 +195,7 @@ class Runner:
 
             measurer.baseline(output)   # built (and reported) before the stage is validated against it
             self.reporter.step(f"validating {planned.name} on {output.runtime}")
-            record = measurer.against_baseline(output, planned.name)
+            record = measurer.against_baseline(output, planned.name, self._speedup_thresholds(planned))
             record.update({
                 "name": planned.name, "type": planned.config.type, "where": planned.where,
                 "config": planned.config.model_dump(mode="json"), "details": details,
@@ -218,6 +218,11 @@ class Runner:
             gates=gates, schema_version=report_mod.SCHEMA_VERSION)
         report_mod.write(self.run_dir, report)
         return report
+
+    def _speedup_thresholds(self, planned: PlannedStage) -> tuple[float, ...]:
+        """The min_speedup gates that judge this stage's output: its own, and the recipe's for the last stage."""
+        blocks = [planned.config.gates] + ([self.recipe.gates] if planned.index == len(self.plan.stages) - 1 else [])
+        return tuple(g.min_speedup for g in blocks if g is not None and g.min_speedup is not None)
 
     # ------------------------------------------------------------ one stage
     def _stage(self, planned: PlannedStage, artifact: Artifact, key: str | None,
