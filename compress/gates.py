@@ -27,6 +27,19 @@ def evaluate_gates(recipe: Recipe, final: dict, reference: dict, stages: list[di
     return gates + threshold_gates(recipe.gates, final, reference, policy=policy)
 
 
+def stage_judge(recipe: Recipe, cfg, reference: dict, last: bool):
+    """The gates that judge a stage's output (its own; the recipe's too when it is the last stage), as a
+    function of a validation record: a stage that picks among artifacts judges each candidate with it."""
+    policy = recipe.gates.policy or DEFAULT_POLICY
+
+    def judge(record: dict) -> list[dict]:
+        gates = []
+        if cfg.gates is not None:
+            gates += threshold_gates(cfg.gates, record, reference, policy=cfg.gates.policy or policy)
+        return gates + (threshold_gates(recipe.gates, record, reference, policy=policy) if last else [])
+    return judge
+
+
 def with_verdict(gate: dict) -> dict:
     """A handler's implicit gate (no interval): its verdict is its pass/fail."""
     return {"verdict": "pass" if gate["passed"] else "fail", **gate}
@@ -52,7 +65,7 @@ def threshold_gates(g: Gates, record: dict, reference: dict, prefix: str = "", c
         sign = 1 if primary.get("higher_is_better", True) else -1
         drop = sign * (reference["primary"]["value"] - primary["value"])
         delta_ci = primary.get("interval")
-        interval = None if delta_ci is None else sorted([-sign * delta_ci[0], -sign * delta_ci[1]])
+        interval = None if delta_ci is None else sorted([-sign * delta_ci[0] + 0.0, -sign * delta_ci[1] + 0.0])
         point_passes = drop <= g.max_accuracy_drop
         gate = {"gate": prefix + "max_accuracy_drop", "threshold": g.max_accuracy_drop, "value": round(drop, 4),
                 "interval": None if interval is None else [round(v, 4) for v in interval],

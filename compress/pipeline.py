@@ -19,7 +19,7 @@ from . import report as report_mod
 from .artifacts import ARTIFACT_TYPES, Artifact, OnnxModel, TorchModel
 from .errors import ChainError, InputError, StageError
 from .fsutil import atomic_dir
-from .gates import evaluate_gates
+from .gates import evaluate_gates, stage_judge
 from .inputs import Inputs, open_inputs
 from .measure import Measurer, param_count
 from .recipe import Recipe
@@ -239,8 +239,11 @@ class Runner:
         ctx = StageContext(where=planned.where, spec=inputs.spec, calibration=inputs.calibration,
                            resolved=self.resolved, target=planned.target, reference=inputs.reference,
                            eval=inputs.eval, train=inputs.train, log=self.reporter.log, run_dir=self.run_dir,
-                           stage_dir=stage_dir, progress=self.reporter.progress, validate=measurer.checkpoint,
-                           score=measurer.score)
+                           stage_dir=stage_dir, progress=self.reporter.progress,
+                           validate=lambda a, label: measurer.checkpoint(a, label, self._speedup_thresholds(planned)),
+                           score=measurer.score,
+                           judge=stage_judge(self.recipe, planned.config, measurer.reference_record,
+                                             planned.index == len(self.plan.stages) - 1))
         ctx.details["stamp"] = {"recipe": self.recipe.name, "stage": planned.name,
                                 "config": planned.config.model_dump(mode="json"), "versions": self.versions}
         with atomic_dir(stage_dir) as tmp:

@@ -246,9 +246,30 @@ class ExportConfig(StageBase):
 class CompileConfig(StageBase):
     type: Literal["compile"]
     target: str = Field(description="a name from `compress targets`, or a path to a target .yaml")
-    inference_precision: Literal["f32", "bf16"] | None = Field(
+    inference_precision: Literal["f32", "bf16", "f16"] | None = Field(
         None, description="OpenVINO only: override the target's precision for non-INT8 layers"
     )
+
+
+CANDIDATES = ("fp32", "bf16", "fp16", "int8")
+
+
+class ChooseConfig(StageBase):
+    type: Literal["choose"]
+    target: str = Field(description="a name from `compress targets`, or a path to a target .yaml")
+    candidates: list[Literal[CANDIDATES]] | None = Field(  # type: ignore[valid-type]
+        None, min_length=1, description="precisions to build, validate and time on the target; default: every "
+                                        "candidate the target declares")
+    objective: Literal["latency", "size"] = Field(
+        "latency", description="among the candidates that pass every gate: latency ships the fastest (of those "
+                               "as fast within the 95% interval, the most accurate); size the smallest")
+
+    @field_validator("candidates")
+    @classmethod
+    def _unique(cls, candidates: list[str] | None) -> list[str] | None:
+        if candidates is not None and len(set(candidates)) != len(candidates):
+            raise ValueError(f"candidates are listed twice: {candidates}")
+        return candidates
 
 
 class DistillConfig(Strict):
@@ -352,9 +373,9 @@ class QatConfig(StageBase):
         return self
 
 
-StageConfig = Annotated[PruneConfig | QuantizeConfig | QatConfig | ExportConfig | CompileConfig,
+StageConfig = Annotated[PruneConfig | QuantizeConfig | QatConfig | ExportConfig | CompileConfig | ChooseConfig,
                         Field(discriminator="type")]
-STAGE_TYPES = ("prune", "quantize", "qat", "export", "compile")
+STAGE_TYPES = ("prune", "quantize", "qat", "export", "compile", "choose")
 
 
 # ---------------------------------------------------------------- latency, recipe

@@ -63,6 +63,9 @@ class StageContext:
     # the recipe's primary metric (user metric, labels or agreement with FP32) of a torch module on the
     # first N eval samples: quick checks inside a stage (fine-tuning epochs, pruning sensitivity)
     score: Callable[[object, int], tuple[str, float]] | None = None
+    # the gates that judge this stage's output (its own, and the recipe's when it is the last stage),
+    # applied to a record from `validate`: a stage that picks among artifacts (choose) judges each
+    judge: Callable[[dict], list[dict]] | None = None
 
     @property
     def threads(self) -> int:
@@ -124,7 +127,7 @@ def register(config_cls: type, accepts: Callable[[object, Target | None], dict[t
 def _load_all() -> None:
     import importlib
 
-    for module in ("compile", "export", "prune", "qat", "quantize"):   # each registers its handler on import
+    for module in ("choose", "compile", "export", "prune", "qat", "quantize"):   # each registers its handler on import
         importlib.import_module(f"{__name__}.{module}")
 
 
