@@ -201,11 +201,13 @@ class Runner:
                 "config": planned.config.model_dump(mode="json"), "details": details,
                 "duration_s": round(duration, 2), "notes": list(output.notes), "cached": reused, "key": key,
             })
-            if output.precision == "int8" and record["speedup"]["vs_fp32_same_runtime"] <= 1.0:
+            speedup = record["speedup"]
+            if output.precision == "int8" and speedup["vs_fp32_same_runtime"] <= 1.0:
                 record["notes"].append(
                     f"INT8 artifact is not faster than FP32 on {output.runtime} "
-                    f"({record['latency']['p50_ms']:.3f} ms vs {record['baseline_latency_paired']['p50_ms']:.3f} ms "
-                    "p50, timed in alternating rounds)")
+                    f"({speedup['vs_fp32_same_runtime']:.2f}x, 95% interval [{speedup['interval'][0]:.2f}, "
+                    f"{speedup['interval'][1]:.2f}]; {record['latency']['p50_ms']:.3f} ms vs "
+                    f"{record['baseline_latency_paired']['p50_ms']:.3f} ms p50, timed in paired rounds)")
             records.append(record)
             self.folder.stage_done(planned.index)
             artifact = output

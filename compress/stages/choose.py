@@ -9,6 +9,7 @@ on a runtime is the `BUILDERS` table below; a runtime without an entry cannot be
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from collections.abc import Callable
 
 from ..artifacts import Artifact, OnnxModel
@@ -223,7 +224,9 @@ def choose(cfg: ChooseConfig, artifact: Artifact, ctx: StageContext):
                        passed=records[winner]["passed"])
     ctx.log(why)
     chosen = artifacts[winner]
-    return dataclasses.replace(chosen, notes=[*chosen.notes, f"chosen: {why}"])
+    for part in chosen.files():   # the shipped artifact sits at the top of the stage folder, like any stage's
+        shutil.copyfile(part, ctx.out_dir / part.name)
+    return dataclasses.replace(chosen, path=ctx.out_dir / chosen.path.name, notes=[*chosen.notes, f"chosen: {why}"])
 
 
 def _gates(record: dict) -> list[dict]:
