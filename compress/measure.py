@@ -120,7 +120,8 @@ class Measurer:
 
     # ------------------------------------------------------------ any artifact
     def validate(self, artifact: Artifact, label: str, *, collect: bool = False,
-                 paired_with: str | None = None, thresholds: tuple[float, ...] = ()) -> tuple[dict, EvalResult]:
+                 paired_with: str | None = None, thresholds: tuple[float, ...] = (),
+                 adaptive: bool = True) -> tuple[dict, EvalResult]:
         threads, batch = self.resolved.threads, self.resolved.batch
         inputs = self.inputs
         session = open_session(artifact, threads=threads)
@@ -146,7 +147,7 @@ class Measurer:
             latency, paired, timing = paired_latency(
                 opener(), opener(self._latency_artifacts[paired_with]), feeds, warmup=budget.warmup,
                 runs=budget.runs, max_seconds=budget.max_seconds, rel_precision=budget.rel_precision,
-                thresholds=thresholds)
+                thresholds=thresholds, adaptive=adaptive)
             self.reporter.log(f"{label}: {timing['rounds']} paired rounds, speed-up {timing['speedup']:.3f}x "
                               f"[{timing['interval'][0]:.3f}, {timing['interval'][1]:.3f}] ({timing['stopped']})")
         record = {
@@ -183,13 +184,17 @@ class Measurer:
         self.baselines[entry.name] = record
         return record
 
-    def against_baseline(self, artifact: Artifact, label: str, thresholds: tuple[float, ...] = ()) -> dict:
+    def against_baseline(self, artifact: Artifact, label: str, thresholds: tuple[float, ...] = (), *,
+                         adaptive: bool | None = None) -> dict:
         """Validate `artifact`, timed in paired rounds with the FP32 baseline of its runtime until the
         speed-up's interval is tight or excludes `thresholds` (the min_speedup gates that judge it), and
         compare: primary metric and its delta vs the reference with a 95% interval, speed-ups vs that
-        baseline (with its interval) and the reference."""
+        baseline (with its interval) and the reference. Timing adapts (more paired blocks until the
+        interval is tight or decides the gates) when a gate judges the speed-up, or when `adaptive` says so
+        (a stage comparing candidates); otherwise the first blocks give the figure and its interval."""
         baseline = self.baseline(artifact)
-        record, result = self.validate(artifact, label, paired_with=baseline["label"], thresholds=thresholds)
+        record, result = self.validate(artifact, label, paired_with=baseline["label"], thresholds=thresholds,
+                                       adaptive=bool(thresholds) if adaptive is None else adaptive)
         name, value = self.primary_of(record)
         reference = self.reference_record
         timing = record["timing"]
@@ -201,9 +206,10 @@ class Measurer:
                                "baseline": baseline["name"]})
         return record
 
-    def checkpoint(self, artifact: Artifact, label: str, thresholds: tuple[float, ...] = ()) -> dict:
+    def checkpoint(self, artifact: Artifact, label: str, thresholds: tuple[float, ...] = (), *,
+                   adaptive: bool | None = None) -> dict:
         """An intermediate artifact a stage produces (QAT's PTQ start), measured like a stage output."""
-        record = self.against_baseline(artifact, label, thresholds)
+        record = self.against_baseline(artifact, label, thresholds, adaptive=adaptive)
         record.pop("artifact")
         record.update(precision=artifact.precision, artifact_type=artifact.kind)
         return record

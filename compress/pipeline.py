@@ -242,7 +242,8 @@ class Runner:
                            resolved=self.resolved, target=planned.target, reference=inputs.reference,
                            eval=inputs.eval, train=inputs.train, log=self.reporter.log, run_dir=self.run_dir,
                            stage_dir=stage_dir, progress=self.reporter.progress,
-                           validate=lambda a, label: measurer.checkpoint(a, label, self._speedup_thresholds(planned)),
+                           validate=lambda a, label, adaptive=None: measurer.checkpoint(
+                               a, label, self._speedup_thresholds(planned), adaptive=adaptive),
                            score=measurer.score,
                            judge=stage_judge(self.recipe, planned.config, measurer.reference_record,
                                              planned.index == len(self.plan.stages) - 1))

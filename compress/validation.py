@@ -363,7 +363,7 @@ class LoadMeter:
 def paired_latency(open_session_: Callable[[], Session], open_baseline: Callable[[], Session],
                    feeds: dict[str, np.ndarray], *, warmup: int, runs: int, max_seconds: float = 30.0,
                    rel_precision: float = 0.1, thresholds: tuple[float, ...] = (), min_blocks: int = 3,
-                   rounds_per_block: int = 3) -> tuple[dict, dict, dict]:
+                   rounds_per_block: int = 3, adaptive: bool = True) -> tuple[dict, dict, dict]:
     """Time an artifact and its baseline in paired rounds, so machine noise hits both alike: each
     round times one then the other (the order flips every round). Rounds come in blocks, and each
     block opens both sessions afresh: two sessions of one model can differ by several percent for
@@ -371,8 +371,8 @@ def paired_latency(open_session_: Callable[[], Session], open_baseline: Callable
     The speed-up is the geometric mean of the rounds' median ratios; its 95% interval is a t-interval
     over the blocks. The first `min_blocks` blocks take about `runs` calls per side; more blocks follow
     until the interval is narrower than `rel_precision` of the speed-up or excludes every threshold,
-    or `max_seconds` of timing are spent. Returns (our stats, the baseline's stats, the speed-up and
-    how it was reached)."""
+    or `max_seconds` of timing are spent (`adaptive=False`: the first blocks only). Returns (our
+    stats, the baseline's stats, the speed-up and how it was reached)."""
     from .stats import converged
 
     per_round = max(1, -(-runs // (min_blocks * rounds_per_block)))
@@ -400,6 +400,9 @@ def paired_latency(open_session_: Callable[[], Session], open_baseline: Callable
         blocks.append(block)
         del session, baseline
         point, low, high = block_interval(blocks)
+        if not adaptive and len(blocks) >= min_blocks:
+            stopped = "first blocks (nothing gates it)"
+            break
         if len(blocks) >= min_blocks and converged(low, high, point, rel_precision, list(thresholds)):
             stopped = "precision" if (high - low) / point <= rel_precision else "threshold excluded"
             break

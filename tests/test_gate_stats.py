@@ -160,3 +160,11 @@ def test_paired_timing_of_one_model_against_itself_contains_1_and_stops_at_the_b
     low, high = timing["interval"]
     assert low < 1.0 < high and timing["stopped"] == "budget"
     assert set(timing["load"]) >= {"other_cores", "busy", "cores"}
+
+
+def test_an_ungated_artifact_is_timed_in_the_first_blocks_only():
+    load = [1.0]
+    feeds = {"x": np.zeros((1, 1), np.float32)}
+    _, _, timing = paired_latency(_fake(0.5, load), _fake(0.5, load), feeds, warmup=1, runs=9, max_seconds=20,
+                                  rel_precision=1e-6, adaptive=False)
+    assert timing["blocks"] == 3 and timing["stopped"].startswith("first blocks") and timing["seconds"] < 5

@@ -58,8 +58,9 @@ class StageContext:
     run_dir: Path | None = None                  # the run folder (failed stages may leave checkpoints there)
     stage_dir: Path | None = None                # where out_dir lands when the stage succeeds
     progress: Callable[[str, int], Progress] = lambda description, total: Progress()   # a bar for long loops
-    # validate an intermediate artifact like a stage output (record with metric, delta, latency)
-    validate: Callable[[Artifact, str], dict] | None = None
+    # validate an intermediate artifact like a stage output (record with metric, delta, latency);
+    # `adaptive=True` times it until its speed-up's interval is tight even when no gate judges it
+    validate: Callable[..., dict] | None = None
     # the recipe's primary metric (user metric, labels or agreement with FP32) of a torch module on the
     # first N eval samples: quick checks inside a stage (fine-tuning epochs, pruning sensitivity)
     score: Callable[[object, int], tuple[str, float]] | None = None

@@ -208,7 +208,7 @@ def choose(cfg: ChooseConfig, artifact: Artifact, ctx: StageContext):
             continue
         ctx.log(f"candidate {name}: building")
         out, details = build(cfg, artifact, ctx, name)
-        record = ctx.validate(out, f"{ctx.where} {name}")
+        record = ctx.validate(out, f"{ctx.where} {name}", adaptive=True)   # candidates are compared by speed
         record.update(size_mb=round(out.size_bytes() / 1e6, 4), path=str(out.path.relative_to(ctx.out_dir)),
                       precision=out.precision, build=details,
                       artifact={"size_mb": round(out.size_bytes() / 1e6, 4)})
