@@ -144,21 +144,21 @@ def _fake(ms: float, load: list[float]):
 def test_paired_timing_stops_once_the_threshold_is_excluded_and_covers_the_true_speedup():
     load = [1.0]
     feeds = {"x": np.zeros((1, 1), np.float32)}
-    ours, theirs, timing = paired_latency(_fake(0.8, load), _fake(1.0, load), feeds, warmup=1, runs=9,
-                                          max_seconds=20, rel_precision=0.001, thresholds=(1.0,))
+    ours, theirs, timing = paired_latency(_fake(2.0, load), _fake(4.0, load), feeds, warmup=1, runs=27,
+                                          max_seconds=30, rel_precision=0.001, thresholds=(1.2,))
     low, high = timing["interval"]
-    assert timing["stopped"] == "threshold excluded" and timing["blocks"] >= 3
-    assert low > 1.0 and low < 1.25 < high + 0.1
+    assert timing["stopped"] == "threshold excluded" and timing["blocks"] >= 3, timing
+    assert 1.2 < low < 2.0 < high + 0.2
     assert ours["runs"] == theirs["runs"] == timing["runs"]
 
 
-def test_paired_timing_of_one_model_against_itself_contains_1_and_stops_at_the_budget():
+def test_paired_timing_of_one_model_against_itself_is_near_1_and_stops_at_the_budget():
     load = [1.0]
     feeds = {"x": np.zeros((1, 1), np.float32)}
     _, _, timing = paired_latency(_fake(0.5, load), _fake(0.5, load), feeds, warmup=1, runs=9, max_seconds=0.5,
                                   rel_precision=1e-6, thresholds=(1.0,))
-    low, high = timing["interval"]
-    assert low < 1.0 < high and timing["stopped"] == "budget"
+    low, high = timing["interval"]   # (coverage is checked on planted data above: one draw misses 1 in 20)
+    assert 0.8 < timing["speedup"] < 1.25 and low <= timing["speedup"] <= high and timing["stopped"] == "budget"
     assert set(timing["load"]) >= {"other_cores", "busy", "cores"}
 
 
@@ -167,4 +167,4 @@ def test_an_ungated_artifact_is_timed_in_the_first_blocks_only():
     feeds = {"x": np.zeros((1, 1), np.float32)}
     _, _, timing = paired_latency(_fake(0.5, load), _fake(0.5, load), feeds, warmup=1, runs=9, max_seconds=20,
                                   rel_precision=1e-6, adaptive=False)
-    assert timing["blocks"] == 3 and timing["stopped"].startswith("first blocks") and timing["seconds"] < 5
+    assert (timing["blocks"], timing["rounds"]) == (3, 9) and timing["stopped"].startswith("first blocks"), timing
