@@ -155,10 +155,10 @@ def test_paired_timing_stops_once_the_threshold_is_excluded_and_covers_the_true_
 def test_paired_timing_of_one_model_against_itself_is_near_1_and_stops_at_the_budget():
     load = [1.0]
     feeds = {"x": np.zeros((1, 1), np.float32)}
-    _, _, timing = paired_latency(_fake(0.5, load), _fake(0.5, load), feeds, warmup=1, runs=9, max_seconds=0.5,
+    _, _, timing = paired_latency(_fake(2.0, load), _fake(2.0, load), feeds, warmup=1, runs=27, max_seconds=1,
                                   rel_precision=1e-6, thresholds=(1.0,))
     low, high = timing["interval"]   # (coverage is checked on planted data above: one draw misses 1 in 20)
-    assert 0.8 < timing["speedup"] < 1.25 and low <= timing["speedup"] <= high and timing["stopped"] == "budget"
+    assert 0.5 < timing["speedup"] < 2 and low <= timing["speedup"] <= high and timing["stopped"] == "budget"
     assert set(timing["load"]) >= {"other_cores", "busy", "cores"}
 
 
