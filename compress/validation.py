@@ -363,9 +363,10 @@ class LoadMeter:
 def paired_latency(open_session_: Callable[[], Session], open_baseline: Callable[[], Session],
                    feeds: dict[str, np.ndarray], *, warmup: int, runs: int, max_seconds: float = 30.0,
                    rel_precision: float = 0.1, thresholds: tuple[float, ...] = (), min_blocks: int = 3,
-                   rounds_per_block: int = 3, adaptive: bool = True) -> tuple[dict, dict, dict]:
+                   rounds_per_block: int = 4, adaptive: bool = True) -> tuple[dict, dict, dict]:
     """Time an artifact and its baseline in paired rounds, so machine noise hits both alike: each
-    round times one then the other (the order flips every round). Rounds come in blocks, and each
+    round times one then the other (the order flips every round, so each block of four is balanced:
+    neither side goes first more often). Rounds come in blocks, and each
     block opens both sessions afresh: two sessions of one model can differ by several percent for
     their whole life (where their memory landed), which rounds within one session cannot reveal.
     The speed-up is the geometric mean of the rounds' median ratios; its 95% interval is a t-interval

@@ -167,4 +167,4 @@ def test_an_ungated_artifact_is_timed_in_the_first_blocks_only():
     feeds = {"x": np.zeros((1, 1), np.float32)}
     _, _, timing = paired_latency(_fake(0.5, load), _fake(0.5, load), feeds, warmup=1, runs=9, max_seconds=20,
                                   rel_precision=1e-6, adaptive=False)
-    assert (timing["blocks"], timing["rounds"]) == (3, 9) and timing["stopped"].startswith("first blocks"), timing
+    assert (timing["blocks"], timing["rounds"]) == (3, 12) and timing["stopped"].startswith("first blocks"), timing
