@@ -73,7 +73,8 @@ def main() -> None:
         b = open_session(pruned, threads=args.threads, static_batch=1, inference_precision="f32")
         ours, theirs = [], []
         for _ in range(args.rounds):
-            p, u = paired_latency(b, a, feeds, warmup=3, runs=20, rounds=2)
+            p, u, _ = paired_latency(lambda b=b: b, lambda a=a: a, feeds, warmup=3, runs=20, min_blocks=2, rounds_per_block=1,
+                                     max_seconds=0)
             ours.append(p["p50_ms"])
             theirs.append(u["p50_ms"])
         up, pp = statistics.median(theirs), statistics.median(ours)

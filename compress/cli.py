@@ -174,7 +174,8 @@ def _show_report(report: dict) -> None:
     out.print(_table(report))
     for g in report["gates"]:
         mark = "[green]pass[/]" if g["passed"] else "[red]FAIL[/]"
-        out.print(f"gate {g['gate']}: {mark} — {g['detail']}")
+        how = f" ({g['verdict']})" if g.get("verdict") == "inconclusive" else ""
+        out.print(f"gate {g['gate']}: {mark}{how} — {g['detail']}")
     for stage in report["stages"]:
         for note in stage["notes"]:
             out.print(f"[yellow]note[/] {stage['name']}: {note}")

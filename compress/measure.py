@@ -52,6 +52,29 @@ def artifact_info(artifact: Artifact, run_dir: Path) -> dict:
     }
 
 
+def delta_interval(name: str, ours: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict:
+    """The 95% interval of the primary metric's change vs the FP32 reference, from the eval samples:
+    paired bootstrap for top-1/top-5 with labels (and the exact McNemar p-value) and for cosine, the exact
+    binomial interval for top-1 agreement. A metric of yours is one number per eval set: no interval."""
+    from .stats import mcnemar_p, mean_interval, proportion_interval
+
+    if name in ("top1", "top5") and name in ours and name in reference:
+        mine, theirs = ours[name].astype(bool), reference[name].astype(bool)
+        _, low, high = mean_interval(100.0 * (mine.astype(float) - theirs))
+        lost, gained = int((theirs & ~mine).sum()), int((~theirs & mine).sum())
+        return {"interval": [low, high], "samples": len(mine), "method": "paired bootstrap over samples",
+                "lost": lost, "gained": gained, "mcnemar_p": mcnemar_p(lost, gained)}
+    if name == "top1_agreement" and name in ours:
+        same = ours[name]
+        _, low, high = proportion_interval(int(same.sum()), len(same))
+        return {"interval": [low - 100.0, high - 100.0], "samples": len(same),
+                "method": "exact binomial (Clopper-Pearson)"}
+    if name == "cosine" and name in ours:
+        _, low, high = mean_interval(100.0 * (ours[name] - 1.0))
+        return {"interval": [low, high], "samples": len(ours[name]), "method": "bootstrap over samples"}
+    return {"interval": None, "method": "none: a metric of yours gives one number per eval set"}
+
+
 class Measurer:
     def __init__(self, recipe: Recipe, inputs: Inputs, resolved: Resolved, run_dir: Path, reporter):
         self.recipe, self.inputs, self.resolved, self.run_dir, self.reporter = recipe, inputs, resolved, run_dir, \
@@ -59,7 +82,8 @@ class Measurer:
         self.baselines: dict[str, dict] = {}      # runtime name -> FP32 record on it (the reference's included)
         self.reference_outputs: list | None = None
         self.primary: str | None = None
-        self._latency_sessions: dict = {}        # baseline label -> its open session, for paired timing
+        self._latency_artifacts: dict = {}       # baseline label -> its artifact, for paired timing
+        self.reference_per_sample: dict[str, np.ndarray] = {}   # the reference's per-sample hits (intervals)
         self.params = param_count(inputs.reference)   # of the latest model in the chain with countable parameters
         self.macs: int | None = None
 
@@ -74,6 +98,7 @@ class Measurer:
         self.reporter.step(f"FP32 reference on {ref.runtime}")
         record, result = self.validate(ref, "reference", collect=True)
         self.reference_outputs = result.outputs
+        self.reference_per_sample = result.per_sample
         for i, name in enumerate(self.inputs.spec.outputs):
             peak = max(float(np.abs(batch[i]).max()) if batch[i].size else 0.0 for batch in result.outputs)
             if peak < 1e-6:
@@ -95,7 +120,8 @@ class Measurer:
 
     # ------------------------------------------------------------ any artifact
     def validate(self, artifact: Artifact, label: str, *, collect: bool = False,
-                 paired_with: str | None = None) -> tuple[dict, EvalResult]:
+                 paired_with: str | None = None, thresholds: tuple[float, ...] = (),
+                 adaptive: bool = True) -> tuple[dict, EvalResult]:
         threads, batch = self.resolved.threads, self.resolved.batch
         inputs = self.inputs
         session = open_session(artifact, threads=threads)
@@ -103,19 +129,29 @@ class Measurer:
         result = evaluate(session, inputs.eval, batch_size=self.recipe.data.batch_size,
                           output_names=inputs.spec.outputs, reference=self.reference_outputs, collect=collect,
                           metric=inputs.metric, label=f"{label} ({session.runtime})")
-        latency_session = open_session(artifact, threads=threads, static_batch=batch)
+        del session   # only the timed session lives while timing (an idle one can hold threads and memory)
+        def opener(what: Artifact = artifact):
+            return lambda: open_session(what, threads=threads, static_batch=batch)
+
+        latency_session = opener()()
+        runtime, settings = latency_session.runtime, latency_session.settings
         self.reporter.log(f"{label}: timing batch {batch}, {threads} threads")
         feeds = latency_feeds(inputs.eval, batch)
-        warmup, runs = self.recipe.latency.warmup, self.recipe.latency.runs
-        paired = None
+        budget = self.recipe.latency
+        paired = timing = None
         if paired_with is None:
-            latency = measure_latency(latency_session, feeds, warmup=warmup, runs=runs)
-            self._latency_sessions[label] = latency_session
+            latency = measure_latency(latency_session, feeds, warmup=budget.warmup, runs=budget.runs)
+            self._latency_artifacts[label] = artifact
         else:
-            latency, paired = paired_latency(latency_session, self._latency_sessions[paired_with], feeds,
-                                             warmup=warmup, runs=runs)
+            del latency_session   # each block of paired rounds opens both sessions afresh
+            latency, paired, timing = paired_latency(
+                opener(), opener(self._latency_artifacts[paired_with]), feeds, warmup=budget.warmup,
+                runs=budget.runs, max_seconds=budget.max_seconds, rel_precision=budget.rel_precision,
+                thresholds=thresholds, adaptive=adaptive)
+            self.reporter.log(f"{label}: {timing['rounds']} paired rounds, speed-up {timing['speedup']:.3f}x "
+                              f"[{timing['interval'][0]:.3f}, {timing['interval'][1]:.3f}] ({timing['stopped']})")
         record = {
-            "runtime": session.runtime, "settings": latency_session.settings,
+            "runtime": runtime, "settings": settings,
             "artifact": artifact_info(artifact, self.run_dir),
             "params": param_count(artifact) if isinstance(artifact, TorchModel) else self.params,
             "macs": self._macs(artifact),
@@ -124,6 +160,7 @@ class Measurer:
         }
         if paired is not None:
             record["baseline_latency_paired"] = paired
+            record["timing"] = timing
         return record, result
 
     def baseline(self, artifact: Artifact) -> dict:
@@ -147,24 +184,32 @@ class Measurer:
         self.baselines[entry.name] = record
         return record
 
-    def against_baseline(self, artifact: Artifact, label: str) -> dict:
-        """Validate `artifact`, timed in alternating rounds with the FP32 baseline of its runtime, and
-        compare: primary metric and its delta vs the reference, speed-ups vs that baseline and the reference."""
+    def against_baseline(self, artifact: Artifact, label: str, thresholds: tuple[float, ...] = (), *,
+                         adaptive: bool | None = None) -> dict:
+        """Validate `artifact`, timed in paired rounds with the FP32 baseline of its runtime until the
+        speed-up's interval is tight or excludes `thresholds` (the min_speedup gates that judge it), and
+        compare: primary metric and its delta vs the reference with a 95% interval, speed-ups vs that
+        baseline (with its interval) and the reference. Timing adapts (more paired blocks until the
+        interval is tight or decides the gates) when a gate judges the speed-up, or when `adaptive` says so
+        (a stage comparing candidates); otherwise the first blocks give the figure and its interval."""
         baseline = self.baseline(artifact)
-        record, _ = self.validate(artifact, label, paired_with=baseline["label"])
+        record, result = self.validate(artifact, label, paired_with=baseline["label"], thresholds=thresholds,
+                                       adaptive=bool(thresholds) if adaptive is None else adaptive)
         name, value = self.primary_of(record)
         reference = self.reference_record
+        timing = record["timing"]
         record.update(primary={"name": name, "value": value, "delta": value - reference["primary"]["value"],
-                               "higher_is_better": self.higher_is_better},
-                      speedup={"vs_fp32_same_runtime": record["baseline_latency_paired"]["p50_ms"]
-                               / record["latency"]["p50_ms"],
+                               "higher_is_better": self.higher_is_better,
+                               **delta_interval(name, result.per_sample, self.reference_per_sample)},
+                      speedup={"vs_fp32_same_runtime": timing["speedup"], "interval": timing["interval"],
                                "vs_reference": reference["latency"]["p50_ms"] / record["latency"]["p50_ms"],
                                "baseline": baseline["name"]})
         return record
 
-    def checkpoint(self, artifact: Artifact, label: str) -> dict:
+    def checkpoint(self, artifact: Artifact, label: str, thresholds: tuple[float, ...] = (), *,
+                   adaptive: bool | None = None) -> dict:
         """An intermediate artifact a stage produces (QAT's PTQ start), measured like a stage output."""
-        record = self.against_baseline(artifact, label)
+        record = self.against_baseline(artifact, label, thresholds, adaptive=adaptive)
         record.pop("artifact")
         record.update(precision=artifact.precision, artifact_type=artifact.kind)
         return record

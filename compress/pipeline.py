@@ -19,7 +19,7 @@ from . import report as report_mod
 from .artifacts import ARTIFACT_TYPES, Artifact, OnnxModel, TorchModel
 from .errors import ChainError, InputError, StageError
 from .fsutil import atomic_dir
-from .gates import evaluate_gates
+from .gates import evaluate_gates, stage_judge
 from .inputs import Inputs, open_inputs
 from .measure import Measurer, param_count
 from .recipe import Recipe
@@ -195,17 +195,19 @@ class Runner:
 
             measurer.baseline(output)   # built (and reported) before the stage is validated against it
             self.reporter.step(f"validating {planned.name} on {output.runtime}")
-            record = measurer.against_baseline(output, planned.name)
+            record = measurer.against_baseline(output, planned.name, self._speedup_thresholds(planned))
             record.update({
                 "name": planned.name, "type": planned.config.type, "where": planned.where,
                 "config": planned.config.model_dump(mode="json"), "details": details,
                 "duration_s": round(duration, 2), "notes": list(output.notes), "cached": reused, "key": key,
             })
-            if output.precision == "int8" and record["speedup"]["vs_fp32_same_runtime"] <= 1.0:
+            speedup = record["speedup"]
+            if output.precision == "int8" and speedup["vs_fp32_same_runtime"] <= 1.0:
                 record["notes"].append(
                     f"INT8 artifact is not faster than FP32 on {output.runtime} "
-                    f"({record['latency']['p50_ms']:.3f} ms vs {record['baseline_latency_paired']['p50_ms']:.3f} ms "
-                    "p50, timed in alternating rounds)")
+                    f"({speedup['vs_fp32_same_runtime']:.2f}x, 95% interval [{speedup['interval'][0]:.2f}, "
+                    f"{speedup['interval'][1]:.2f}]; {record['latency']['p50_ms']:.3f} ms vs "
+                    f"{record['baseline_latency_paired']['p50_ms']:.3f} ms p50, timed in paired rounds)")
             records.append(record)
             self.folder.stage_done(planned.index)
             artifact = output
@@ -218,6 +220,11 @@ class Runner:
             gates=gates, schema_version=report_mod.SCHEMA_VERSION)
         report_mod.write(self.run_dir, report)
         return report
+
+    def _speedup_thresholds(self, planned: PlannedStage) -> tuple[float, ...]:
+        """The min_speedup gates that judge this stage's output: its own, and the recipe's for the last stage."""
+        blocks = [planned.config.gates] + ([self.recipe.gates] if planned.index == len(self.plan.stages) - 1 else [])
+        return tuple(g.min_speedup for g in blocks if g is not None and g.min_speedup is not None)
 
     # ------------------------------------------------------------ one stage
     def _stage(self, planned: PlannedStage, artifact: Artifact, key: str | None,
@@ -234,8 +241,12 @@ class Runner:
         ctx = StageContext(where=planned.where, spec=inputs.spec, calibration=inputs.calibration,
                            resolved=self.resolved, target=planned.target, reference=inputs.reference,
                            eval=inputs.eval, train=inputs.train, log=self.reporter.log, run_dir=self.run_dir,
-                           stage_dir=stage_dir, progress=self.reporter.progress, validate=measurer.checkpoint,
-                           score=measurer.score, quick_latency=measurer.quick_latency)
+                           stage_dir=stage_dir, progress=self.reporter.progress,
+                           validate=lambda a, label, adaptive=None: measurer.checkpoint(
+                               a, label, self._speedup_thresholds(planned), adaptive=adaptive),
+                           score=measurer.score, quick_latency=measurer.quick_latency,
+                           judge=stage_judge(self.recipe, planned.config, measurer.reference_record,
+                                             planned.index == len(self.plan.stages) - 1))
         ctx.details["stamp"] = {"recipe": self.recipe.name, "stage": planned.name,
                                 "config": planned.config.model_dump(mode="json"), "versions": self.versions}
         with atomic_dir(stage_dir) as tmp:

@@ -135,6 +135,10 @@ class DataConfig(Strict):
 
 # ---------------------------------------------------------------- gates, stages
 class Gates(Strict):
+    policy: Literal["point", "conservative"] | None = Field(
+        None, description="how a gate whose 95% interval straddles its threshold (verdict inconclusive) decides: "
+                          "point: by the point estimate; conservative: it fails (exit 3). Default point; a "
+                          "stage's own gates default to the recipe's policy")
     max_accuracy_drop: float | None = Field(None, ge=0, le=100, description="points of the primary metric")
     min_speedup: float | None = Field(None, gt=0, le=10_000, description="vs FP32 on the same runtime")
     max_size_mb: float | None = Field(None, gt=0)
@@ -284,9 +288,30 @@ class ExportConfig(StageBase):
 class CompileConfig(StageBase):
     type: Literal["compile"]
     target: str = Field(description="a name from `compress targets`, or a path to a target .yaml")
-    inference_precision: Literal["f32", "bf16"] | None = Field(
+    inference_precision: Literal["f32", "bf16", "f16"] | None = Field(
         None, description="OpenVINO only: override the target's precision for non-INT8 layers"
     )
+
+
+CANDIDATES = ("fp32", "bf16", "fp16", "int8")
+
+
+class ChooseConfig(StageBase):
+    type: Literal["choose"]
+    target: str = Field(description="a name from `compress targets`, or a path to a target .yaml")
+    candidates: list[Literal[CANDIDATES]] | None = Field(  # type: ignore[valid-type]
+        None, min_length=1, description="precisions to build, validate and time on the target; default: every "
+                                        "candidate the target declares")
+    objective: Literal["latency", "size"] = Field(
+        "latency", description="among the candidates that pass every gate: latency ships the fastest (of those "
+                               "as fast within the 95% interval, the most accurate); size the smallest")
+
+    @field_validator("candidates")
+    @classmethod
+    def _unique(cls, candidates: list[str] | None) -> list[str] | None:
+        if candidates is not None and len(set(candidates)) != len(candidates):
+            raise ValueError(f"candidates are listed twice: {candidates}")
+        return candidates
 
 
 class DistillConfig(Strict):
@@ -390,9 +415,9 @@ class QatConfig(StageBase):
         return self
 
 
-StageConfig = Annotated[PruneConfig | QuantizeConfig | QatConfig | ExportConfig | CompileConfig,
+StageConfig = Annotated[PruneConfig | QuantizeConfig | QatConfig | ExportConfig | CompileConfig | ChooseConfig,
                         Field(discriminator="type")]
-STAGE_TYPES = ("prune", "quantize", "qat", "export", "compile")
+STAGE_TYPES = ("prune", "quantize", "qat", "export", "compile", "choose")
 
 
 # ---------------------------------------------------------------- latency, recipe
@@ -400,7 +425,11 @@ class LatencyConfig(Strict):
     threads: int | None = Field(None, ge=1, le=512, description="default: the target's (or 2)")
     batch: int | None = Field(None, ge=1, le=4096, description="default: the target's (or 1)")
     warmup: int = Field(10, ge=0, le=100_000)
-    runs: int = Field(50, ge=1, le=1_000_000)
+    runs: int = Field(50, ge=1, le=1_000_000, description="timed calls per side in the first 5 paired rounds")
+    max_seconds: float = Field(30.0, gt=0, le=86_400, description="timing budget per artifact: paired rounds "
+                               "stop when it is spent, even if the speed-up's interval is still wide")
+    rel_precision: float = Field(0.1, gt=0, le=10, description="paired rounds stop once the 95% interval of the "
+                                 "speed-up is narrower than this fraction of it (or excludes every min_speedup)")
 
 
 BUILTIN_METRICS = ("top1", "top5", "top1_agreement", "cosine")

@@ -58,7 +58,10 @@ def _row(stage: str, record: dict, artifact: dict, baseline: bool = False) -> di
     delta = f"{record['primary']['delta']:+.2f}" if compared else "–"
     speedup = f"{record['speedup']['vs_fp32_same_runtime']:.2f}x" if compared else "1.00x"
     value = record.get("primary", {}).get("value")
-    return {"stage": stage, "baseline": baseline, "artifact": artifact["type"], "runtime": record["runtime"],
+    delta_ci = record["primary"].get("interval") if compared else None
+    speed_ci = record["speedup"].get("interval") if compared else None
+    return {"delta_ci": _ci(delta_ci, 2), "speedup_ci": _ci(speed_ci, 2, "x"), "stage": stage, "baseline": baseline,
+            "artifact": artifact["type"], "runtime": record["runtime"],
             "precision": artifact["precision"], "metric": _metric_cell(record), "delta": delta,
             "metric_name": record.get("primary", {}).get("name"),
             "metric_value": _fmt(value, 2) if record.get("primary", {}).get("name") in _POINTS else
@@ -66,6 +69,12 @@ def _row(stage: str, record: dict, artifact: dict, baseline: bool = False) -> di
             "agreement": _agreement_cell(record), "p50": _fmt(record["latency"]["p50_ms"], 3),
             "p99": _fmt(record["latency"]["p99_ms"], 3), "speedup": speedup,
             "size": _fmt(artifact.get("size_mb"), 3), "params": record.get("params"), "macs": _mmacs(record)}
+
+
+def _ci(interval, digits: int, suffix: str = "") -> str:
+    if not interval or any(v is None or v != v for v in interval):
+        return "–"
+    return f"[{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]{suffix}"
 
 
 def _checkpoints(stage: dict) -> dict:
@@ -91,8 +100,9 @@ def rows(report: dict) -> list[dict]:
 
 
 COLUMNS = [("stage", "stage"), ("artifact", "artifact"), ("runtime", "runtime"), ("precision", "precision"),
-           ("metric", "metric"), ("delta", "Δ pts"), ("agreement", "agreement vs FP32"), ("p50", "p50 ms"),
-           ("p99", "p99 ms"), ("speedup", "speed-up*"), ("size", "size MB"), ("params", "params"), ("macs", "MMACs")]
+           ("metric", "metric"), ("delta", "Δ pts"), ("delta_ci", "Δ 95% CI"), ("agreement", "agreement vs FP32"),
+           ("p50", "p50 ms"), ("p99", "p99 ms"), ("speedup", "speed-up*"), ("speedup_ci", "speed-up 95% CI"),
+           ("size", "size MB"), ("params", "params"), ("macs", "MMACs")]
 
 
 def markdown(report: dict) -> str:
@@ -108,14 +118,22 @@ def markdown(report: dict) -> str:
              "|" + "|".join("---" for _ in COLUMNS) + "|"]
     for row in rows(report):
         lines.append("| " + " | ".join(str(row[key]) if row[key] is not None else "–" for key, _ in COLUMNS) + " |")
-    lines += ["", "*speed-up: p50 latency of the FP32 baseline on the same runtime divided by this artifact's p50, "
-              "both timed in alternating rounds right after each other so machine noise hits both alike. "
-              "Δ pts: change of the primary metric vs the FP32 reference, in points.", ""]
+    lines += ["", "*speed-up: FP32 baseline on the same runtime vs this artifact, timed in paired rounds right after "
+              "each other (the order flips every round) so machine noise hits both alike: the geometric mean of the "
+              "rounds' median ratios, with the 95% interval of a paired t-test over rounds. "
+              "Δ pts: change of the primary metric vs the FP32 reference, in points, with its 95% interval from the "
+              "eval samples (paired bootstrap; exact binomial for top-1 agreement).", ""]
+    lines += timing_lines(report)
     if report["gates"]:
-        lines += ["## Gates", "", "| gate | threshold | value | result | detail |", "|---|---|---|---|---|"]
+        policy = next((g["policy"] for g in report["gates"] if "policy" in g), "point")
+        lines += ["## Gates", "", f"Policy {policy}: an inconclusive gate (its 95% interval straddles the threshold) "
+                  + ("fails." if policy == "conservative" else "is decided by the point estimate."), "",
+                  "| gate | threshold | value | 95% interval | verdict | result | detail |",
+                  "|---|---|---|---|---|---|---|"]
         for g in report["gates"]:
-            verdict = "pass" if g["passed"] else "FAIL"
-            lines.append(f"| {g['gate']} | {g['threshold']} | {g['value']} | {verdict} | {g['detail']} |")
+            result = "pass" if g["passed"] else "FAIL"
+            lines.append(f"| {g['gate']} | {g['threshold']} | {g['value']} | {_ci(g.get('interval'), 4)} | "
+                         f"{g.get('verdict', result.lower())} | {result} | {g['detail']} |")
         lines.append("")
     for stage in report["stages"]:
         handler = handler_for_type(stage["type"])
@@ -290,6 +308,24 @@ def _notes(report: dict) -> list[str]:
         handler = handler_for_type(stage["type"])
         notes += [f"{stage['name']}: {n}" for n in (handler.notes(stage) if handler else [])]
     return notes
+
+
+def timing_lines(report: dict) -> list[str]:
+    """How each stage's speed-up was reached: rounds, runs, seconds, why timing stopped, machine load."""
+    timed = [(s["name"], s["timing"]) for s in report["stages"] if s.get("timing")]
+    if not timed:
+        return []
+    lines = ["## Timing", "", "| stage | rounds | runs each side | seconds | stopped | other processes (cores) | "
+             "machine |", "|---|---|---|---|---|---|---|"]
+    for name, t in timed:
+        load = t["load"]
+        lines.append(f"| {name} | {t['rounds']} | {t['runs']} | {t['seconds']:.1f} | {t['stopped']} | "
+                     f"{load['other_cores']:.2f} of {load['cores']} | {'BUSY' if load['busy'] else 'quiet'} |")
+    lines += ["", f"Timing stops when the speed-up's 95% interval is narrower than "
+              f"{timed[0][1]['rel_precision']:.0%} of it, excludes every min_speedup threshold, or "
+              f"{timed[0][1]['max_seconds']:g} s are spent. BUSY: other processes used more CPU than the cores "
+              "the timing left free; intervals are wider and numbers less certain.", ""]
+    return lines
 
 
 def sensitivity_svg(sens: dict) -> str:

@@ -55,6 +55,9 @@ class Target(BaseModel):
         min_length=1, description="quantize/qat backends whose INT8 this target runs; a recipe that quantizes "
                                   "with another backend before compiling for it is refused at plan time")
     tensorrt: TensorRTSettings | None = Field(None, description="runtime tensorrt: how the engine is built")
+    candidates: list[Literal["fp32", "bf16", "fp16", "int8"]] = Field(
+        default_factory=list, description="precisions a `choose` stage may build for this target (none: it "
+                                          "cannot be a choose target)")
     requires: dict[str, str] = Field(default_factory=dict)
 
     def missing_requirements(self) -> list[str]:

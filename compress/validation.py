@@ -10,6 +10,7 @@ import dataclasses
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +66,9 @@ class EvalResult:
     agreement: dict[str, dict] = field(default_factory=dict)     # per output name
     samples: int = 0
     outputs: list[list[np.ndarray]] | None = None                # per batch, when collected as reference
+    # per eval sample, for confidence intervals: top1/top5 correct (labels), top1_agreement/cosine of the
+    # first output vs the reference
+    per_sample: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def classification_output(outputs: list[np.ndarray]) -> int | None:
@@ -84,6 +88,8 @@ class Agreement:
         self.sq_sum = 0.0
         self.count = 0
         self.classification = None
+        self.same: list[np.ndarray] = []     # per sample: top-1 equals the reference's
+        self.cosines: list[np.ndarray] = []  # per sample cosine
 
     def update(self, out: np.ndarray, ref: np.ndarray) -> None:
         if self.classification is None:  # top-1 agreement only for class scores [N, C], not maps or sequences
@@ -93,11 +99,14 @@ class Agreement:
         if out.shape != ref.shape:
             raise DataError(f"output shape {list(out.shape)} differs from the reference {list(ref.shape)}")
         if self.classification:
-            self.top1_same += int((out.argmax(1) == ref.argmax(1)).sum())
+            same = out.argmax(1) == ref.argmax(1)
+            self.top1_same += int(same.sum())
+            self.same.append(same)
         dot = (out * ref).sum(1)
         norms = np.linalg.norm(out, axis=1) * np.linalg.norm(ref, axis=1)
         cos = np.where(norms > 0, dot / np.maximum(norms, 1e-300), (np.abs(out - ref).max(1) == 0).astype(float))
         self.cos_sum += float(cos.sum())
+        self.cosines.append(cos)
         self.cos_min = min(self.cos_min, float(cos.min()))
         diff = np.abs(out - ref)
         self.max_abs = max(self.max_abs, float(diff.max()) if diff.size else 0.0)
@@ -205,6 +214,8 @@ def evaluate(session: Session, dataset: Dataset, *, batch_size: int, output_name
     if metric is not None:
         metric.start(label or session.runtime)
     correct1 = correct5 = 0
+    hits1: list[np.ndarray] = []
+    hits5: list[np.ndarray] = []
     agree = [Agreement() for _ in output_names]
     cls_index = None
     classes = 0
@@ -237,10 +248,19 @@ def evaluate(session: Session, dataset: Dataset, *, batch_size: int, output_name
                 raise DataError(f"eval labels out of range: found label {int(labels.max())} but the model "
                                 f"outputs {classes} classes", where="data.eval")
             top = np.argsort(-scores, axis=1)[:, :5]
-            correct1 += int((top[:, 0] == labels).sum())
-            correct5 += int((top == labels[:, None]).any(1).sum())
+            hits1.append(top[:, 0] == labels)
+            hits5.append((top == labels[:, None]).any(1))
+            correct1 += int(hits1[-1].sum())
+            correct5 += int(hits5[-1].sum())
     if result.samples == 0:
         raise DataError("the eval set produced no samples", where="data.eval")
+    if hits1:
+        result.per_sample.update(top1=np.concatenate(hits1), top5=np.concatenate(hits5))
+    if reference is not None and agree:
+        first = agree[0]
+        result.per_sample["cosine"] = np.concatenate(first.cosines)
+        if first.same:
+            result.per_sample["top1_agreement"] = np.concatenate(first.same)
     if dataset.has_labels:
         result.metrics["top1"] = 100.0 * correct1 / result.samples
         if cls_index is not None and classes > 5:
@@ -292,36 +312,118 @@ def _time_calls(session: Session, feeds: dict[str, np.ndarray], count: int) -> l
     return times
 
 
-def _stats(times: list[float], session: Session, feeds: dict[str, np.ndarray], warmup: int) -> dict:
+def _stats(times: list[float], threads: int | None, feeds: dict[str, np.ndarray], warmup: int) -> dict:
     t = np.asarray(times)
     return {
         "p50_ms": float(np.percentile(t, 50)), "p90_ms": float(np.percentile(t, 90)),
         "p99_ms": float(np.percentile(t, 99)), "mean_ms": float(t.mean()),
         "min_ms": float(t.min()), "runs": len(t), "warmup": warmup,
         "batch": int(next(iter(feeds.values())).shape[0]),
-        "threads": session.settings.get("threads"),
+        "threads": threads,
     }
 
 
 def measure_latency(session: Session, feeds: dict[str, np.ndarray], *, warmup: int, runs: int) -> dict:
     """Warm up, then time `runs` single calls. Milliseconds; threads come from the session."""
     _time_calls(session, feeds, warmup)
-    return _stats(_time_calls(session, feeds, runs), session, feeds, warmup)
+    return _stats(_time_calls(session, feeds, runs), session.settings.get("threads"), feeds, warmup)
 
 
-def paired_latency(session: Session, baseline: Session, feeds: dict[str, np.ndarray], *, warmup: int, runs: int,
-                   rounds: int = 4) -> tuple[dict, dict]:
-    """Time an artifact and its baseline in alternating rounds, so machine noise hits both alike;
-    speed-ups come from these two figures."""
-    _time_calls(session, feeds, warmup)
-    _time_calls(baseline, feeds, warmup)
+class LoadMeter:
+    """CPU time other processes used while we timed (system busy time minus ours, psutil), in cores."""
+
+    def __init__(self, threads: int | None):
+        import psutil
+
+        self.threads = threads or 1
+        self.process = psutil.Process()
+        self.cores = psutil.cpu_count() or 1
+        self._start = self._sample()
+
+    def _sample(self) -> tuple[float, float, float]:
+        import psutil
+
+        system = psutil.cpu_times()
+        busy = system.user + system.nice + system.system + getattr(system, "irq", 0.0) + \
+            getattr(system, "softirq", 0.0) + getattr(system, "steal", 0.0)
+        own = self.process.cpu_times()
+        return time.perf_counter(), busy, own.user + own.system
+
+    def result(self) -> dict:
+        wall0, busy0, own0 = self._start
+        wall1, busy1, own1 = self._sample()
+        wall = max(wall1 - wall0, 1e-9)
+        others = max(0.0, (busy1 - busy0) - (own1 - own0)) / wall
+        # busy: other processes took more than the cores our timing left free (at least half a core)
+        limit = max(0.5, self.cores - self.threads)
+        return {"other_cores": round(others, 2), "cores": self.cores, "busy": others > limit,
+                "limit_cores": limit}
+
+
+def paired_latency(open_session_: Callable[[], Session], open_baseline: Callable[[], Session],
+                   feeds: dict[str, np.ndarray], *, warmup: int, runs: int, max_seconds: float = 30.0,
+                   rel_precision: float = 0.1, thresholds: tuple[float, ...] = (), min_blocks: int = 3,
+                   rounds_per_block: int = 4, adaptive: bool = True) -> tuple[dict, dict, dict]:
+    """Time an artifact and its baseline in paired rounds, so machine noise hits both alike: each
+    round times one then the other (the order flips every round, so each block of four is balanced:
+    neither side goes first more often). Rounds come in blocks, and each
+    block opens both sessions afresh: two sessions of one model can differ by several percent for
+    their whole life (where their memory landed), which rounds within one session cannot reveal.
+    The speed-up is the geometric mean of the rounds' median ratios; its 95% interval is a t-interval
+    over the blocks. The first `min_blocks` blocks take about `runs` calls per side; more blocks follow
+    until the interval is narrower than `rel_precision` of the speed-up or excludes every threshold,
+    or `max_seconds` of timing are spent (`adaptive=False`: the first blocks only). Returns (our
+    stats, the baseline's stats, the speed-up and how it was reached)."""
+    from .stats import converged
+
+    per_round = max(1, -(-runs // (min_blocks * rounds_per_block)))
     ours: list[float] = []
     theirs: list[float] = []
-    per_round = max(1, -(-runs // rounds))
-    for _ in range(rounds):
-        ours += _time_calls(session, feeds, per_round)
-        theirs += _time_calls(baseline, feeds, per_round)
-    return _stats(ours, session, feeds, warmup), _stats(theirs, baseline, feeds, warmup)
+    blocks: list[tuple[list[float], list[float]]] = []   # per block: the rounds' medians (baseline, ours)
+    meter = LoadMeter(None)
+    started = time.perf_counter()
+    stopped = "budget"
+    while True:
+        session, baseline = open_session_(), open_baseline()
+        threads = (session.settings.get("threads"), baseline.settings.get("threads"))
+        meter.threads = threads[0] or 1
+        _time_calls(session, feeds, warmup)
+        _time_calls(baseline, feeds, warmup)
+        block: tuple[list[float], list[float]] = ([], [])
+        for r in range(rounds_per_block):
+            first, second = (session, baseline) if r % 2 == len(blocks) % 2 else (baseline, session)
+            times = {id(first): _time_calls(first, feeds, per_round)}
+            times[id(second)] = _time_calls(second, feeds, per_round)
+            ours += times[id(session)]
+            theirs += times[id(baseline)]
+            block[0].append(float(np.median(times[id(baseline)])))
+            block[1].append(float(np.median(times[id(session)])))
+        blocks.append(block)
+        del session, baseline
+        point, low, high = block_interval(blocks)
+        if not adaptive and len(blocks) >= min_blocks:
+            stopped = "first blocks (nothing gates it)"
+            break
+        if len(blocks) >= min_blocks and converged(low, high, point, rel_precision, list(thresholds)):
+            stopped = "precision" if (high - low) / point <= rel_precision else "threshold excluded"
+            break
+        if time.perf_counter() - started >= max_seconds and len(blocks) >= 2:
+            break
+    timing = {"speedup": point, "interval": [low, high], "blocks": len(blocks),
+              "rounds": len(blocks) * rounds_per_block, "runs_per_round": per_round, "runs": len(ours),
+              "seconds": round(time.perf_counter() - started, 3), "stopped": stopped,
+              "rel_precision": rel_precision, "max_seconds": max_seconds, "load": meter.result()}
+    return _stats(ours, threads[0], feeds, warmup), _stats(theirs, threads[1], feeds, warmup), timing
+
+
+def block_interval(blocks: list[tuple[list[float], list[float]]]) -> tuple[float, float, float]:
+    """Speed-up over all rounds (geometric mean of median ratios) and its interval over blocks."""
+    from .stats import speedup_interval
+
+    per_block = [speedup_interval(base, ours)[0] for base, ours in blocks]
+    point = speedup_interval([b for base, _ in blocks for b in base], [o for _, ours in blocks for o in ours])[0]
+    _, low, high = speedup_interval(per_block, [1.0] * len(per_block))
+    return point, low, high
 
 
 def latency_feeds(dataset: Dataset, batch: int) -> dict[str, np.ndarray]:

@@ -78,7 +78,7 @@ def test_a_target_refuses_int8_from_a_backend_it_does_not_list(tmp):
 def test_plan_gates_and_report_name_no_stage_type():
     """Stage rules live in the handlers: the modules that plan, judge and report must not special-case a
     stage by its type name."""
-    pattern = re.compile(r"""["'](prune|quantize|qat|export|compile)["']""")
+    pattern = re.compile(r"""["'](prune|quantize|qat|export|compile|choose)["']""")
     for module in ("pipeline.py", "gates.py", "report.py", "measure.py", "rundir.py", "inputs.py", "html.py",
                    "inspect_layers.py"):
         text = (ROOT / "compress" / module).read_text()

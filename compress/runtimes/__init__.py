@@ -179,7 +179,7 @@ register_runtime(RuntimeSpec(
     compile=lazy("onnxruntime_runtime", "compile_onnx")))
 register_runtime(RuntimeSpec(
     OpenVinoModel, short="OV", description="OpenVINO", format="openvino-ir", suffixes=(".xml",),
-    requires=("openvino",), inference_precisions=("f32", "bf16"),
+    requires=("openvino",), inference_precisions=("f32", "bf16", "f16"),
     compiles_from=(TorchModel, OnnxModel, OpenVinoModel),
     open=lazy("openvino_runtime", "open_openvino"), fp32_baseline=lazy("openvino_runtime", "fp32_baseline"),
     count_ops=lazy("openvino_runtime", "count_ops"), input_shapes=lazy("openvino_runtime", "input_shapes"),

@@ -21,9 +21,11 @@ def core():
     return _CORE
 
 
-def cpu_supports_bf16() -> bool:
+def cpu_supports(precision: str) -> bool:
+    """Whether OpenVINO's CPU plugin runs this inference precision here (BF16: AVX512_BF16 or AMX;
+    FP16: AVX512_FP16 or AMX-FP16); f32 always."""
     caps = core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    return "BF16" in caps
+    return precision == "f32" or {"bf16": "BF16", "f16": "FP16"}.get(precision) in caps
 
 
 def open_openvino(artifact: OpenVinoModel, threads: int, *, static_batch: int | None = None, **_) -> Session:
@@ -39,7 +41,7 @@ def open_openvino(artifact: OpenVinoModel, threads: int, *, static_batch: int | 
             shapes[port.any_name] = shape
         model.reshape(shapes)
     asked = artifact.inference_precision
-    precision = "f32" if asked == "bf16" and not cpu_supports_bf16() else asked
+    precision = asked if cpu_supports(asked) else "f32"
     config = {
         "INFERENCE_NUM_THREADS": threads,
         "NUM_STREAMS": 1,

@@ -58,14 +58,18 @@ class StageContext:
     run_dir: Path | None = None                  # the run folder (failed stages may leave checkpoints there)
     stage_dir: Path | None = None                # where out_dir lands when the stage succeeds
     progress: Callable[[str, int], Progress] = lambda description, total: Progress()   # a bar for long loops
-    # validate an intermediate artifact like a stage output (record with metric, delta, latency)
-    validate: Callable[[Artifact, str], dict] | None = None
+    # validate an intermediate artifact like a stage output (record with metric, delta, latency);
+    # `adaptive=True` times it until its speed-up's interval is tight even when no gate judges it
+    validate: Callable[..., dict] | None = None
     # the recipe's primary metric (user metric, labels or agreement with FP32) of a torch module or an
     # artifact on the first N eval samples: quick checks inside a stage (fine-tuning epochs, pruning
     # sensitivity, calibration candidates)
-    score: Callable[[object, int], tuple[str, float]] | None = None
+    score: Callable[..., tuple[str, float]] | None = None
     # p50 ms of an artifact in a short run at the recipe's latency batch and threads (candidates inside a stage)
     quick_latency: Callable[[Artifact], float] | None = None
+    # the gates that judge this stage's output (its own, and the recipe's when it is the last stage),
+    # applied to a record from `validate`: a stage that picks among artifacts (choose) judges each
+    judge: Callable[[dict], list[dict]] | None = None
 
     @property
     def threads(self) -> int:
@@ -127,7 +131,7 @@ def register(config_cls: type, accepts: Callable[[object, Target | None], dict[t
 def _load_all() -> None:
     import importlib
 
-    for module in ("compile", "export", "prune", "qat", "quantize"):   # each registers its handler on import
+    for module in ("choose", "compile", "export", "prune", "qat", "quantize"):   # each registers its handler on import
         importlib.import_module(f"{__name__}.{module}")
 
 
