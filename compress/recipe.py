@@ -293,7 +293,7 @@ class CompileConfig(StageBase):
     )
 
 
-CANDIDATES = ("fp32", "bf16", "fp16", "int8")
+CANDIDATES = ("fp32", "bf16", "fp16", "int8", "int8_fallback")
 
 
 class ChooseConfig(StageBase):
@@ -302,6 +302,9 @@ class ChooseConfig(StageBase):
     candidates: list[Literal[CANDIDATES]] | None = Field(  # type: ignore[valid-type]
         None, min_length=1, description="precisions to build, validate and time on the target; default: every "
                                         "candidate the target declares")
+    accuracy_control: AccuracyControl = Field(
+        default_factory=AccuracyControl, description="the int8_fallback candidate: INT8 with the most sensitive "
+                                                     "layers kept in float until the drop is within max_drop")
     objective: Literal["latency", "size"] = Field(
         "latency", description="among the candidates that pass every gate: latency ships the fastest (of those "
                                "as fast within the 95% interval, the most accurate); size the smallest")

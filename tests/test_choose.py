@@ -103,3 +103,31 @@ def test_choose_on_onnxruntime_ships_the_winner_and_lists_every_candidate(tmp):
     report = json.loads(proc.stdout)
     gate = next(g for g in report["gates"] if g["gate"] == "choose")
     assert "no candidate passes every gate; closest: " in gate["detail"] and not gate["passed"]
+
+
+@pytest.mark.slow
+def test_int8_fallback_is_a_candidate_built_by_the_quantize_stage_with_accuracy_control(tmp):
+    """Listed on request: INT8 with the layers that cost the most kept in float, judged like the others."""
+    stages = [{"type": "export"}, {"type": "choose", "target": "x86-cpu-onnxruntime",
+                                   "candidates": ["int8", "int8_fallback"],
+                                   "accuracy_control": {"max_drop": 0.0001, "max_fallback_layers": 1,
+                                                        "metric": "cosine", "samples": 64}}]
+    recipe = fashion_recipe(stages, gates={"max_accuracy_drop": 2.0},
+                            latency={"warmup": 2, "runs": 9, "max_seconds": 2})
+    result = compress.run(recipe, out=tmp / "runs")
+    candidates = result.stages[-1]["details"]["candidates"]
+    assert set(candidates) == {"int8", "int8_fallback"}
+    fallback = candidates["int8_fallback"]["build"]["quantize"]["fallback"]
+    assert "fallback" not in candidates["int8"]["build"]["quantize"]
+    assert fallback["plain_int8"] < fallback["baseline"] and len(fallback["kept_fp32"]) <= 1
+    assert fallback["metric_after"] >= fallback["plain_int8"]
+    assert [g["gate"] for g in candidates["int8_fallback"]["gates"]] == ["max_accuracy_drop"]
+
+
+def test_int8_fallback_needs_eval_data_and_a_target_with_int8():
+    stages = [{"type": "export"}, {"type": "choose", "target": "x86-cpu-onnxruntime", "candidates": ["int8_fallback"]}]
+    compress.validate(fashion_recipe(stages))        # offered on request wherever int8 is
+    recipe = fashion_recipe(stages)
+    del recipe["data"]["eval"]
+    with pytest.raises(ChainError, match=r"no data\.eval"):
+        compress.validate(recipe)

@@ -44,8 +44,10 @@ def _compile(cfg: ChooseConfig, artifact: Artifact, ctx: StageContext, name: str
 
 def _int8(cfg: ChooseConfig, artifact: Artifact, ctx: StageContext, name: str,
           precision: str | None = None) -> tuple[Artifact, dict]:
-    """The quantize stage with the target's first INT8 backend and its defaults, then compile."""
-    quantize = QuantizeConfig(type="quantize", backend=ctx.target.quantize_backends[0])
+    """The quantize stage with the target's first INT8 backend and its defaults (with `accuracy_control` for
+    int8_fallback: the layers that cost the most kept in float), then compile."""
+    fallback = {"accuracy_control": cfg.accuracy_control} if name == "int8_fallback" else {}
+    quantize = QuantizeConfig(type="quantize", backend=ctx.target.quantize_backends[0], **fallback)
     quantized, details = _run(quantize, artifact, ctx, name, "quantize")
     out, compiled = _compile(cfg, quantized, ctx, name, precision)
     return out, {"quantize": details, "compile": compiled}
@@ -97,13 +99,16 @@ def _always() -> str | None:
 
 
 # runtime -> candidate -> (builder(cfg, fp32 artifact, ctx, name) -> (artifact, details), why-not-here or None).
-# Extension point: an `int8_fallback` candidate is QuantizeConfig with accuracy control (#19) built like
-# `_int8`, once the quantize stage offers it.
+# int8_fallback is the quantize stage with accuracy_control; it ranks every layer, so it is built only when a
+# recipe lists it, on targets that offer int8.
 BUILDERS: dict[str, dict[str, tuple[Callable, Callable[[], str | None]]]] = {
     "openvino": {"fp32": (_fp32, _always), "bf16": (_ov_hint("bf16"), _ov_available("bf16")),
-                 "fp16": (_ov_hint("f16"), _ov_available("f16")), "int8": (_int8, _always)},
-    "onnxruntime": {"fp32": (_fp32, _always), "fp16": (_ort_fp16, _always), "int8": (_int8, _always)},
+                 "fp16": (_ov_hint("f16"), _ov_available("f16")), "int8": (_int8, _always),
+                 "int8_fallback": (_int8, _always)},
+    "onnxruntime": {"fp32": (_fp32, _always), "fp16": (_ort_fp16, _always), "int8": (_int8, _always),
+                    "int8_fallback": (_int8, _always)},
 }
+ON_REQUEST = ("int8_fallback",)   # offered wherever the target offers int8, built only when listed
 
 
 # ---------------------------------------------------------------- plan
@@ -124,11 +129,15 @@ def _check(cfg: ChooseConfig, state: PlanState) -> None:
         raise ChainError(f"target {target.name} declares no candidates for `choose` (runtime {target.runtime}; "
                          f"choose builds candidates for: {ready})", where=f"{state.where}.target",
                          hint="Pick a target whose file lists `candidates:`, or compile with a fixed precision.")
+    offered = [*target.candidates, *(n for n in ON_REQUEST if "int8" in target.candidates)]
     for name in wanted(cfg, target):
-        if name not in target.candidates or name not in builders:
+        if name not in offered or name not in builders:
             raise ChainError(f"candidate {name} is not offered by target {target.name} "
-                             f"(it declares: {', '.join(target.candidates)})", where=f"{state.where}.candidates",
+                             f"(it offers: {', '.join(offered)})", where=f"{state.where}.candidates",
                              hint="Remove it from `candidates:`.")
+        if name in ON_REQUEST and state.recipe.data.eval is None:
+            raise ChainError(f"candidate {name} ranks layers on held-out data, and the recipe has no data.eval",
+                             where=f"{state.where}.candidates", hint="Add data.eval, or drop the candidate.")
     for before in state.previous:
         if handler_for(before.config).quantizes(before.config) is not None:
             raise ChainError(f"{before.where} quantizes; `choose` builds its own INT8 candidate from the FP32 model",
