@@ -336,7 +336,8 @@ def sweep(spec: Path = typer.Argument(..., help="sweep .yaml: base recipe + axes
           resume: bool = typer.Option(False, "--resume", help="continue: skip the points already done"),
           connect_timeout: float = typer.Option(10.0, "--connect-timeout", min=1, help="seconds to reach the Ray cluster"),
           as_json: bool = typer.Option(False, "--json", help="print sweep.json to stdout")):
-    """Run every point of a sweep (each an ordinary run, sharing the stage cache); Pareto report."""
+    """Run every point of a sweep (each an ordinary run, sharing the stage cache); Pareto report.
+    Exit 0 when a point passed its gates (recommended.yaml), 3 when none did."""
     from . import executors
     from .errors import InputError
     from .sweep import execute, load_sweep
@@ -363,8 +364,13 @@ def sweep(spec: Path = typer.Argument(..., help="sweep .yaml: base recipe + axes
         sys.exit(130)
     if as_json:
         _print_json(report)
-        return
-    folder = Path(out_dir) / spec_.name
+    else:
+        _show_sweep(report, Path(out_dir) / spec_.name)
+    if not report["recommended"]:   # no point passed its gates (failed points alone do not fail the sweep)
+        raise typer.Exit(EXIT_GATE_FAILED)
+
+
+def _show_sweep(report: dict, folder: Path) -> None:
     counts = report["counts"]
     out.print(f"sweep {report['name']}: {counts['done']} done, {counts['failed']} failed, {counts['not run']} not run")
     if report["recommended"]:

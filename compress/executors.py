@@ -42,34 +42,46 @@ def worker_count(threads: int, jobs: int) -> tuple[int, list[list[int]]]:
 
 
 def local(jobs: list[dict], on_result: Callable[[dict], None], *, threads: int) -> None:
+    """A process pool of pinned workers. A point whose worker process dies (killed, out of memory) is
+    tried once more in a fresh pool, then recorded as failed (a dead worker breaks the whole pool, so
+    the points running beside it are tried again too)."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
-    if not jobs:
-        return
-    workers, core_sets = worker_count(threads, len(jobs))
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    for cores in core_sets:
-        queue.put(cores)
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_pin_worker, initargs=(queue,))
-    pending = {}
-    try:
-        pending = {pool.submit(run_point, job): job for job in jobs}
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                job = pending.pop(future)
-                try:
-                    record = future.result()
-                except Exception as exc:   # the worker process died (killed, out of memory)
-                    record = _failed(job, f"the worker process died: {type(exc).__name__}: {first_line(exc)}")
-                on_result(record)
-    except KeyboardInterrupt:
-        _stop_children()
-        raise
-    finally:
-        pool.shutdown(wait=not pending, cancel_futures=True)
+    attempts = {job["key"]: 0 for job in jobs}
+    remaining = list(jobs)
+    while remaining:
+        workers, core_sets = worker_count(threads, len(remaining))
+        ctx = multiprocessing.get_context("spawn")
+        queue = ctx.Queue()
+        for cores in core_sets:
+            queue.put(cores)
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_pin_worker, initargs=(queue,))
+        pending = {pool.submit(run_point, job): job for job in remaining}
+        remaining = []
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    job = pending.pop(future)
+                    try:
+                        on_result(future.result())
+                        continue
+                    except BrokenProcessPool as exc:
+                        error, died = f"the worker process died ({first_line(exc)})", True
+                    except Exception as exc:   # e.g. a result that cannot be sent back
+                        error, died = f"{type(exc).__name__}: {first_line(exc)}", False
+                    attempts[job["key"]] += 1
+                    if died and attempts[job["key"]] < 2:
+                        remaining.append(job)
+                    else:
+                        on_result(_failed(job, f"{error}; tried {attempts[job['key']]} time(s)"))
+        except KeyboardInterrupt:
+            _stop_children()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _stop_children() -> None:
@@ -90,6 +102,7 @@ def _failed(job: dict, error: str) -> dict:
 
 # ---------------------------------------------------------------- ray: one task per point
 def _import_ray():
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")   # Ray's C++ retry warnings, before it is imported
     try:
         import ray
     except ImportError as exc:
@@ -138,10 +151,13 @@ def connect(address: str, *, timeout: float = CONNECT_TIMEOUT_S):
 
     thread = threading.Thread(target=init, daemon=True)
     thread.start()
-    thread.join(timeout * 3)
+    thread.join(timeout)
     if thread.is_alive():
-        raise InputError(f"the Ray cluster at {address} did not answer within {timeout * 3:.0f} s",
+        raise InputError(f"the Ray cluster at {address} did not answer within {timeout:.0f} s",
                          hint="Check that the address is a Ray head node (ray status).")
+    if failure and "ray[client]" in str(failure[0]):
+        raise InputError("ray:// addresses go through Ray Client, which needs grpcio",
+                         hint="Install it: pip install 'ray[client]==2.60.0', or give the head's GCS address host:6379.")
     if failure:
         raise InputError(f"cannot connect to the Ray cluster at {address}: {first_line(failure[0])[:300]}",
                          hint="Start one with `ray start --head`, pass its address, or use --address local.")

@@ -7,7 +7,8 @@
       stages[1].method: [minmax, percentile]
       target: [x86-cpu-openvino]         # shorthand: the target of every stage that names one
       "stages[1].backend, target": [[openvino, x86-cpu-openvino], [onnxruntime, x86-cpu-onnxruntime]]  # zipped
-    resources: {num_cpus: 1}             # per point (Ray); `by_target: {<target>: {resources: {jetson_orin: 1}}}`
+    resources: {num_cpus: 1}             # per point on Ray (num_cpus, num_gpus, resources: {name: amount});
+                                         # a target's own `resources:` (targets/*.yaml) are added
 
 The points are the product of the axes. They run through one folder of runs, so they share its
 stage cache (`runs/.cache`, content-addressed): a prefix of stages common to several points runs
@@ -39,7 +40,7 @@ from .fsutil import atomic_write_json
 from .recipe import UniqueKeyLoader, parse_recipe
 
 SWEEP_KEYS = ("name", "base", "axes", "resources")
-RESOURCE_KEYS = ("num_cpus", "num_gpus", "resources", "by_target")
+RESOURCE_KEYS = ("num_cpus", "num_gpus", "resources")
 _PATH = re.compile(r"[A-Za-z_]\w*(\[\d+\]|\.[A-Za-z_]\w*)*")
 _TOKEN = re.compile(r"([A-Za-z_]\w*)|\[(\d+)\]")
 
@@ -94,18 +95,19 @@ class Sweep:
             point = Point(index, overrides, recipe)
             try:
                 parse_recipe(recipe, source=f"{self.source} point {index} ({point.label})")
+                point.resources = self._resources(point.target)
             except RecipeError as exc:
                 point.error = exc.render()
-            point.resources = self._resources(point.target)
             points.append(point)
         return points
 
     def _resources(self, target: str | None) -> dict:
-        common = {k: v for k, v in self.resources.items() if k != "by_target"}
-        extra = self.resources.get("by_target", {}).get(target, {}) if target else {}
-        merged = {**common, **extra}
-        merged["resources"] = {**common.get("resources", {}), **extra.get("resources", {})}
-        return merged
+        """The sweep's resources per point, plus the custom resources of the point's target (its YAML's
+        `resources:`, e.g. {jetson_orin_nano: 1})."""
+        from .targets import resolve_target
+
+        extra = resolve_target(target, base_dir=self.base_dir, where="target").resources if target else {}
+        return {**self.resources, "resources": {**self.resources.get("resources", {}), **extra}}
 
 
 def _parse_path(path: str, where: str) -> list:

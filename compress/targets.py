@@ -56,6 +56,9 @@ class Target(BaseModel):
                                   "with another backend before compiling for it is refused at plan time")
     tensorrt: TensorRTSettings | None = Field(None, description="runtime tensorrt: how the engine is built")
     requires: dict[str, str] = Field(default_factory=dict)
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Ray custom resources of the machines that own this hardware, e.g. "
+                                          "{jetson_orin_nano: 1}: a sweep on Ray runs this target's points there")
 
     def missing_requirements(self) -> list[str]:
         """Packages this target needs that are absent or at a version outside the pin."""
