@@ -199,12 +199,13 @@ def ray_executor(address: str, *, timeout: float = CONNECT_TIMEOUT_S):
         env = _runtime_env()
         refs = {}
         for job in jobs:
-            res = job["resources"]
+            # a point reserves as many CPUs as it times with, unless the sweep says otherwise
+            res = {"num_cpus": threads, **job["resources"]}
             why = missing_resources(ray, res)
             if why is not None:
                 on_result(_failed(job, why))
                 continue
-            options = {"num_cpus": res.get("num_cpus", 1), "num_gpus": res.get("num_gpus", 0),
+            options = {"num_cpus": res["num_cpus"], "num_gpus": res.get("num_gpus", 0),
                        "resources": res.get("resources") or None, "max_retries": 1, "retry_exceptions": False,
                        "runtime_env": env}
             job = {**job, "submitted": time.time()}

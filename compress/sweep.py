@@ -7,7 +7,8 @@
       stages[1].method: [minmax, percentile]
       target: [x86-cpu-openvino]         # shorthand: the target of every stage that names one
       "stages[1].backend, target": [[openvino, x86-cpu-openvino], [onnxruntime, x86-cpu-onnxruntime]]  # zipped
-    resources: {num_cpus: 1}             # per point on Ray (num_cpus, num_gpus, resources: {name: amount});
+    resources: {num_gpus: 1}             # per point on Ray (num_cpus: default the threads it times with,
+                                         # num_gpus, resources: {name: amount});
                                          # a target's own `resources:` (targets/*.yaml) are added
 
 The points are the product of the axes. They run through one folder of runs, so they share its
@@ -26,6 +27,7 @@ import itertools
 import json
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -222,6 +224,9 @@ def run_point(job: dict) -> dict:
     started = time.time()
     record = {"key": job["key"], "index": job["index"], "overrides": job["overrides"], "label": job["label"],
               "target": job["target"], "host": os.uname().nodename, "pid": os.getpid()}
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():   # a Ray task: where it ran, with what
+        context = sys.modules["ray"].get_runtime_context()
+        record.update(ray_node=context.get_node_id(), ray_resources=context.get_assigned_resources())
     log = Path(job["out"]).parent / "points" / f"{job['key']}.log"   # the backends' own output
     try:
         with open(log, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
