@@ -20,7 +20,7 @@ from collections.abc import Callable
 from urllib.parse import urlparse
 
 from .errors import InputError, first_line
-from .sweep import run_point
+from .sweep import failed, run_point
 
 CONNECT_TIMEOUT_S = 10.0
 
@@ -76,7 +76,7 @@ def local(jobs: list[dict], on_result: Callable[[dict], None], *, threads: int) 
                     if died and attempts[job["key"]] < 2:
                         remaining.append(job)
                     else:
-                        on_result(_failed(job, f"{error}; tried {attempts[job['key']]} time(s)"))
+                        on_result(failed(job, f"{error}; tried {attempts[job['key']]} time(s)"))
         except KeyboardInterrupt:
             _stop_children()
             pool.shutdown(wait=False, cancel_futures=True)
@@ -93,11 +93,6 @@ def _stop_children() -> None:
         with contextlib.suppress(psutil.NoSuchProcess):
             child.terminate()
     psutil.wait_procs(children, timeout=10)
-
-
-def _failed(job: dict, error: str) -> dict:
-    return {"key": job["key"], "index": job["index"], "overrides": job["overrides"], "label": job["label"],
-            "target": job["target"], "status": "failed", "error": error, "exit_code": 1, "seconds": 0}
 
 
 # ---------------------------------------------------------------- ray: one task per point
@@ -203,7 +198,7 @@ def ray_executor(address: str, *, timeout: float = CONNECT_TIMEOUT_S):
             res = {"num_cpus": threads, **job["resources"]}
             why = missing_resources(ray, res)
             if why is not None:
-                on_result(_failed(job, why))
+                on_result(failed(job, why))
                 continue
             options = {"num_cpus": res["num_cpus"], "num_gpus": res.get("num_gpus", 0),
                        "resources": res.get("resources") or None, "max_retries": 1, "retry_exceptions": False,
@@ -219,7 +214,7 @@ def ray_executor(address: str, *, timeout: float = CONNECT_TIMEOUT_S):
                         record = ray.get(ref)
                         record["wall_s"] = round(time.time() - job["submitted"], 2)
                     except ray.exceptions.RayError as exc:   # the worker died twice (retried once), or Ray failed
-                        record = _failed(job, f"{type(exc).__name__} (retried once): {first_line(exc)[:300]}")
+                        record = failed(job, f"{type(exc).__name__} (retried once): {first_line(exc)[:300]}")
                     on_result(record)
         except KeyboardInterrupt:
             for ref in refs:

@@ -222,8 +222,8 @@ def run_point(job: dict) -> dict:
     from . import run as api_run
 
     started = time.time()
-    record = {"key": job["key"], "index": job["index"], "overrides": job["overrides"], "label": job["label"],
-              "target": job["target"], "host": os.uname().nodename, "pid": os.getpid()}
+    record = {**{k: job[k] for k in ("key", "index", "overrides", "label", "target")},
+              "host": os.uname().nodename, "pid": os.getpid()}
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():   # a Ray task: where it ran, with what
         context = sys.modules["ray"].get_runtime_context()
         record.update(ray_node=context.get_node_id(), ray_resources=context.get_assigned_resources())
@@ -283,9 +283,18 @@ class SweepFolder:
         atomic_write_json(self.points_dir / f"{record['key']}.json", record)
 
 
+def _identity(p: Point) -> dict:
+    return {"key": p.key, "index": p.index, "overrides": p.overrides, "label": p.label, "target": p.target}
+
+
+def failed(job: dict, error: str, *, exit_code: int = 1) -> dict:
+    """The record of a point that did not finish (`job`: a point's identity or its job)."""
+    return {**{k: job[k] for k in ("key", "index", "overrides", "label", "target")}, "status": "failed",
+            "error": error, "exit_code": exit_code, "seconds": 0}
+
+
 def jobs(sweep: Sweep, points: list[Point], folder: SweepFolder) -> list[dict]:
-    return [{"key": p.key, "index": p.index, "overrides": p.overrides, "label": p.label, "target": p.target,
-             "recipe": p.recipe, "base_dir": str(sweep.base_dir), "out": str(folder.runs.resolve()),
+    return [{**_identity(p), "recipe": p.recipe, "base_dir": str(sweep.base_dir), "out": str(folder.runs.resolve()),
              "resources": p.resources} for p in points]
 
 
@@ -312,19 +321,11 @@ def execute(sweep: Sweep, out_root: Path, *, executor: Callable, resume: bool, p
     folder.open(resume)
     points = sweep.points()
     finished = folder.finished() if resume else {}
-    todo = []
-    for p in points:
-        if p.key in finished:
-            continue
+    todo = [p for p in points if p.key not in finished]
+    threads = point_threads(sweep, todo)   # plans every point: one whose plan fails gets its error here
+    for p in todo:
         if p.error is not None:
-            folder.record({"key": p.key, "index": p.index, "overrides": p.overrides, "label": p.label,
-                           "target": p.target, "status": "failed", "error": p.error, "exit_code": 2, "seconds": 0})
-        else:
-            todo.append(p)
-    threads = point_threads(sweep, todo)
-    for p in [p for p in todo if p.error is not None]:
-        folder.record({"key": p.key, "index": p.index, "overrides": p.overrides, "label": p.label,
-                       "target": p.target, "status": "failed", "error": p.error, "exit_code": 2, "seconds": 0})
+            folder.record(failed(_identity(p), p.error, exit_code=2))
     todo = [p for p in todo if p.error is None]
     total, count = len(points), len(points) - len(todo)
     started = time.time()
