@@ -97,7 +97,6 @@ def _stop_children() -> None:
 
 # ---------------------------------------------------------------- ray: one task per point
 def _import_ray():
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")   # Ray's C++ retry warnings, before it is imported
     try:
         import ray
     except ImportError as exc:
@@ -128,7 +127,7 @@ def connect(address: str, *, timeout: float = CONNECT_TIMEOUT_S):
     ray = _import_ray()
     if ray.is_initialized():
         return ray
-    kwargs = {"logging_level": "ERROR", "log_to_driver": False}
+    kwargs = {"logging_level": "ERROR", "log_to_driver": False, "runtime_env": _runtime_env()}
     if address == "local":
         kwargs["include_dashboard"] = False
     elif address != "auto":
@@ -171,10 +170,10 @@ def missing_resources(ray, resources: dict) -> str | None:
     need = {k: v for k, v in need.items() if v}
     if _nodes_with(ray, need):
         return None
-    lacking = [f"{k}: {v}" for k, v in need.items() if not _nodes_with(ray, {k: v})]
+    lacking = [f"{k}: {v:g}" for k, v in need.items() if not _nodes_with(ray, {k: v})]
     have = sorted({k for node in ray.nodes() if node.get("Alive") for k in node["Resources"]
                    if not k.startswith("node:") and k not in ("memory", "object_store_memory")})
-    what = ", ".join(lacking) if lacking else ", ".join(f"{k}: {v}" for k, v in need.items()) + " together"
+    what = ", ".join(lacking) if lacking else ", ".join(f"{k}: {v:g}" for k, v in need.items()) + " together"
     return f"no node of the Ray cluster has {what} (its nodes have: {', '.join(have)})"
 
 
@@ -191,7 +190,6 @@ def ray_executor(address: str, *, timeout: float = CONNECT_TIMEOUT_S):
 
     def execute(jobs: list[dict], on_result: Callable[[dict], None], *, threads: int) -> None:
         task = ray.remote(run_point)
-        env = _runtime_env()
         refs = {}
         for job in jobs:
             # a point reserves as many CPUs as it times with, unless the sweep says otherwise
@@ -201,8 +199,7 @@ def ray_executor(address: str, *, timeout: float = CONNECT_TIMEOUT_S):
                 on_result(failed(job, why))
                 continue
             options = {"num_cpus": res["num_cpus"], "num_gpus": res.get("num_gpus", 0),
-                       "resources": res.get("resources") or None, "max_retries": 1, "retry_exceptions": False,
-                       "runtime_env": env}
+                       "resources": res.get("resources") or None, "max_retries": 1, "retry_exceptions": False}
             job = {**job, "submitted": time.time()}
             refs[task.options(**options).remote(job)] = job
         try:

@@ -89,12 +89,12 @@ def test_points_run_as_ray_tasks_with_their_resources(tmp, ray_cluster):
     base = fashion_recipe(STAGES, latency={"threads": 1, "warmup": 2, "runs": 5})   # one CPU per point (the default)
     spec.write_text(yaml.safe_dump({"name": "r", "base": base, "axes": {
         "target": ["x86-cpu-openvino", _target(tmp, "orin-box", {"jetson_orin": 1}), _target(tmp, "npu-box", {"npu_x": 1})],
-        "model": [base["model"], killer]}}))
+        "model": [base["model"], killer]}}, sort_keys=False))
     result = cli("sweep", spec, "--out", tmp / "sweeps", "--executor", "ray", "--address", ray_cluster, timeout=900)
     assert result.returncode == 0, result.stderr
     points = json.loads((tmp / "sweeps" / "r" / "sweep.json").read_text())["points"]
     cpu, cpu_killed, orin, orin_killed, npu, npu_killed = points
-    assert cpu["status"] == "done" and orin["status"] == "done"
+    assert cpu["status"] == "done" and orin["status"] == "done", (cpu, orin)
     # orin-box's points hold the worker node's jetson_orin (its target's resources); the others do not
     assert orin["ray_resources"].get("jetson_orin") == 1 and "jetson_orin" not in cpu["ray_resources"]
     for point in (npu, npu_killed):   # no node has the resource: failed before submitting, the rest finished
