@@ -1,15 +1,19 @@
-"""A sweep with its shared stage cache vs the same points as independent runs (issue #21).
+"""A sweep's shared stage cache vs the same points as independent runs (issue #21).
 
-Runs `compress sweep <file>` (local executor) into a fresh folder, then each point alone as
-`compress run <point>.yaml --no-cache` in its own process, and prints both wall times and their
-ratio, with the load average before and after (these machines are shared and noisy).
+These machines are shared and their load swings, so the comparison is interleaved, point by point:
+each point runs once as the sweep runs it (`compress run`, into one folder whose stage cache every
+point shares) and once alone (`compress run --no-cache`, its own process). Both pay the same
+process start-up, so the ratio is the cache's alone (a real sweep also keeps its worker's imports:
+it is a little faster still). Optionally (--sweep) the real `compress sweep` is timed first.
 
-    .venv/bin/python benchmarks/bench_sweep.py [recipes/sweep-quickstart.yaml] [--ray-address local]
+    .venv/bin/python benchmarks/bench_sweep.py [recipes/sweep-quickstart.yaml] [--points 12] [--sweep]
+        [--ray-address local]
 
-With --ray-address it then runs the sweep again with the local executor and with Ray, both on the
-cache the first sweep filled, and prints the Ray executor's overhead per point: (Ray wall - local
-wall) / points, each the sweep's own wall time in sweep.json (Ray's connect excluded).
-Target: the sweep at least 2x faster than the independent runs; Ray overhead under 2 s per point.
+--points N takes the first N points (the quickstart's points come in groups of 4 that share their
+pruning ratio, so 4 has the same structure as 12). With --ray-address the sweep is then run on Ray
+and with the local executor, both on the warm cache, and the executor overhead per point is
+printed: (sweep wall - the points' own run time) / points, for each; every point is a Ray task.
+Target: the shared cache at least 2x faster than independent runs; Ray overhead under 2 s per point.
 """
 from __future__ import annotations
 
@@ -31,44 +35,56 @@ sys.path.insert(0, str(ROOT))
 from compress.sweep import load_sweep  # noqa: E402
 from compress.sweep_report import rebase  # noqa: E402
 
+PY = sys.executable
 
-def timed(cmd: list[str]) -> float:
+
+def timed(args: list[str]) -> float:
     started = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run([PY, "-m", "compress.cli", *args], cwd=ROOT, check=False, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
     return time.perf_counter() - started
+
+
+def overhead(folder: Path) -> tuple[float, float]:
+    """(the sweep's own wall time, its overhead per point beyond the points' runs)."""
+    report = json.loads((folder / "sweep.json").read_text())
+    ran = [p for p in report["points"] if p["status"] == "done"]
+    return report["wall_s"], (report["wall_s"] - sum(p["seconds"] for p in ran)) / max(len(ran), 1)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("sweep", nargs="?", default=str(ROOT / "recipes/sweep-quickstart.yaml"))
+    parser.add_argument("--points", type=int, default=None)
+    parser.add_argument("--sweep", action="store_true", help="time the real `compress sweep` first")
     parser.add_argument("--ray-address", default=None)
     args = parser.parse_args()
     sweep = load_sweep(Path(args.sweep))
-    points = [p for p in sweep.points() if p.error is None]
+    points = [p for p in sweep.points() if p.error is None][:args.points]
     work = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
-    py = sys.executable
-    print(f"load before: {os.getloadavg()}")
-    shared = timed([py, "-m", "compress.cli", "sweep", args.sweep, "--out", str(work / "sweeps")])
-    print(f"sweep, shared cache ({len(points)} points): {shared:.1f} s   load {os.getloadavg()}")
-    independent = 0.0
+    print(f"{len(points)} points of {args.sweep}; load before: {os.getloadavg()}", flush=True)
+    if args.sweep:
+        wall = timed(["sweep", args.sweep, "--out", str(work / "sweeps")])
+        print(f"compress sweep ({len(sweep.points())} points): {wall:.1f} s   load {os.getloadavg()}", flush=True)
+    shared = independent = 0.0
     for p in points:
         file = work / f"point{p.index:02d}.yaml"
         file.write_text(yaml.safe_dump(rebase(p.recipe, sweep.base_dir, work), sort_keys=False))
-        independent += timed([py, "-m", "compress.cli", "run", str(file), "--no-cache", "--quiet",
-                              "--out", str(work / "independent")])
-    print(f"{len(points)} independent runs: {independent:.1f} s   load {os.getloadavg()}")
-    print(f"ratio: {independent / shared:.2f}x")
+        a = timed(["run", str(file), "--quiet", "--out", str(work / "shared")])
+        b = timed(["run", str(file), "--quiet", "--no-cache", "--out", str(work / "independent")])
+        shared, independent = shared + a, independent + b
+        print(f"point {p.index} ({p.label}): shared cache {a:.1f} s, independent {b:.1f} s   load {os.getloadavg()}",
+              flush=True)
+    print(f"total: shared cache {shared:.1f} s, independent {independent:.1f} s -> {independent / shared:.2f}x", flush=True)
     if args.ray_address:
-        folder = work / "sweeps" / sweep.name
+        folder = work / "warm" / sweep.name
         walls = {}
-        for name in ("local", "ray"):   # every stage now comes from the cache the first sweep filled
-            shutil.rmtree(folder / "points")
-            extra = ["--executor", "ray", "--address", args.ray_address] if name == "ray" else []
-            timed([py, "-m", "compress.cli", "sweep", args.sweep, "--out", str(work / "sweeps"), *extra])
-            # the sweep's own wall time: from the first point submitted to the last result (no connect, no imports)
-            walls[name] = json.loads((folder / "sweep.json").read_text())["wall_s"]
-        print(f"warm cache: local {walls['local']:.1f} s, ray {walls['ray']:.1f} s -> Ray overhead "
-              f"{(walls['ray'] - walls['local']) / len(points):.2f} s per point   load {os.getloadavg()}")
+        for name, extra in (("local", []), ("ray", ["--executor", "ray", "--address", args.ray_address])):
+            shutil.rmtree(folder / "points", ignore_errors=True)
+            timed(["sweep", args.sweep, "--out", str(work / "warm"), *extra])
+            walls[name] = overhead(folder)
+            print(f"{name} executor: sweep {walls[name][0]:.1f} s, overhead {walls[name][1]:.2f} s per point   "
+                  f"load {os.getloadavg()}", flush=True)
     print(f"folder: {work}")
 
 

@@ -64,7 +64,8 @@ class Point:
 
     @property
     def key(self) -> str:
-        return digest(self.overrides)[:12]
+        """The point's whole recipe: after an edit of the base, --resume runs the points again."""
+        return digest(self.recipe)[:12]
 
     @property
     def label(self) -> str:
