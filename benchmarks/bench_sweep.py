@@ -54,17 +54,17 @@ def overhead(folder: Path) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("sweep", nargs="?", default=str(ROOT / "recipes/sweep-quickstart.yaml"))
+    parser.add_argument("file", nargs="?", default=str(ROOT / "recipes/sweep-quickstart.yaml"))
     parser.add_argument("--points", type=int, default=None)
-    parser.add_argument("--sweep", action="store_true", help="time the real `compress sweep` first")
+    parser.add_argument("--sweep", dest="real_sweep", action="store_true", help="time the real `compress sweep` first")
     parser.add_argument("--ray-address", default=None)
     args = parser.parse_args()
-    sweep = load_sweep(Path(args.sweep))
+    sweep = load_sweep(Path(args.file))
     points = [p for p in sweep.points() if p.error is None][:args.points]
     work = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
-    print(f"{len(points)} points of {args.sweep}; load before: {os.getloadavg()}", flush=True)
-    if args.sweep:
-        wall = timed(["sweep", args.sweep, "--out", str(work / "sweeps")])
+    print(f"{len(points)} points of {args.file}; load before: {os.getloadavg()}", flush=True)
+    if args.real_sweep:
+        wall = timed(["sweep", args.file, "--out", str(work / "sweeps")])
         print(f"compress sweep ({len(sweep.points())} points): {wall:.1f} s   load {os.getloadavg()}", flush=True)
     shared = independent = 0.0
     for p in points:
@@ -81,7 +81,7 @@ def main() -> None:
         walls = {}
         for name, extra in (("local", []), ("ray", ["--executor", "ray", "--address", args.ray_address])):
             shutil.rmtree(folder / "points", ignore_errors=True)
-            timed(["sweep", args.sweep, "--out", str(work / "warm"), *extra])
+            timed(["sweep", args.file, "--out", str(work / "warm"), *extra])
             walls[name] = overhead(folder)
             print(f"{name} executor: sweep {walls[name][0]:.1f} s, overhead {walls[name][1]:.2f} s per point   "
                   f"load {os.getloadavg()}", flush=True)

@@ -128,13 +128,12 @@ def connect(address: str, *, timeout: float = CONNECT_TIMEOUT_S):
     if ray.is_initialized():
         return ray
     kwargs = {"logging_level": "ERROR", "log_to_driver": False, "runtime_env": _runtime_env()}
-    if address == "local":
-        kwargs["include_dashboard"] = False
-    elif address != "auto":
+    if address == "local":   # starting a cluster in this process: no network to wait for, no bound
+        ray.init(include_dashboard=False, **kwargs)
+        return ray
+    if address != "auto":
         _reachable(address, timeout)
-        kwargs["address"] = address
-    else:
-        kwargs["address"] = "auto"
+    kwargs["address"] = address
     failure: list[BaseException] = []
 
     def init() -> None:
