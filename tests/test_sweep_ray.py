@@ -62,10 +62,10 @@ def ray_cluster():
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", f"--temp-dir={temp}", "--disable-usage-stats"]
     try:
-        subprocess.run([ray, "start", "--head", f"--port={port}", "--include-dashboard=false", *common],
-                       check=True, capture_output=True, timeout=180, env=env)
-        subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", '--resources={"jetson_orin": 1}', *common],
-                       check=True, capture_output=True, timeout=180, env=env)
+        for args in (["--head", f"--port={port}", "--include-dashboard=false"],
+                     [f"--address=127.0.0.1:{port}", '--resources={"jetson_orin": 1}']):
+            started = subprocess.run([ray, "start", *args, *common], capture_output=True, text=True, timeout=180, env=env)
+            assert started.returncode == 0, f"ray start {args[0]} failed:\n{started.stdout[-2000:]}\n{started.stderr[-2000:]}"
         yield f"127.0.0.1:{port}"
     finally:
         _stop(temp)
