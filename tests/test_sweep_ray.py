@@ -59,7 +59,8 @@ def ray_cluster():
     ray = str(Path(sys.executable).parent / "ray")
     temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))   # short: Ray's socket paths must stay < 108 chars
     port = _free_port()
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    # HOME: Ray keeps an auth token in ~/.ray; a token another cluster left there must not reach this one
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", HOME=str(temp))
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", f"--temp-dir={temp}", "--disable-usage-stats"]
     try:
         for args in (["--head", f"--port={port}", "--include-dashboard=false"],
@@ -81,7 +82,7 @@ def _target(folder: Path, name: str, resources: dict) -> str:
     return str(path)
 
 
-def test_points_run_as_ray_tasks_with_their_resources(tmp, ray_cluster):
+def test_points_run_as_ray_tasks_with_their_resources(tmp, ray_cluster, monkeypatch):
     log = tmp / "pids.txt"
     killer = {"source": "python", "factory": f"{ROOT}/tests/data/killed_model.py:KilledWhileLoading",
               "kwargs": {"log": str(log)}, "input": {"shape": [1, 1, 28, 28]}}
@@ -90,6 +91,7 @@ def test_points_run_as_ray_tasks_with_their_resources(tmp, ray_cluster):
     spec.write_text(yaml.safe_dump({"name": "r", "base": base, "axes": {
         "target": ["x86-cpu-openvino", _target(tmp, "orin-box", {"jetson_orin": 1}), _target(tmp, "npu-box", {"npu_x": 1})],
         "model": [base["model"], killer]}}, sort_keys=False))
+    monkeypatch.setenv("HOME", str(tmp))   # as the cluster's nodes (see ray_cluster)
     result = cli("sweep", spec, "--out", tmp / "sweeps", "--executor", "ray", "--address", ray_cluster, timeout=900)
     assert result.returncode == 0, result.stderr
     points = json.loads((tmp / "sweeps" / "r" / "sweep.json").read_text())["points"]
