@@ -10,7 +10,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,tensorrt,mobile,report]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,tensorrt,mobile,report,ray]'
 	$(BIN)/python -m compress.nncf_kernels   # NNCF's C++ fake-quant kernels for QAT (~40 s once; needs g++, else pure torch)
 	touch $@
 

@@ -361,6 +361,60 @@ def build(source: Path = typer.Argument(..., help="a run folder compiled for a T
 
 @app.command()
 @_guard
+def sweep(spec: Path = typer.Argument(..., help="sweep .yaml: base recipe + axes"),
+          out_dir: Path = typer.Option(Path("sweeps"), "--out", help="the sweep's folder is <out>/<name>"),
+          executor: str = typer.Option("local", "--executor", help="local (process pool) or ray"),
+          address: str = typer.Option("local", "--address",
+                                      help="ray: auto, host:port, ray://host:port, or local (a cluster in this process)"),
+          resume: bool = typer.Option(False, "--resume", help="continue: skip the points already done"),
+          connect_timeout: float = typer.Option(10.0, "--connect-timeout", min=1, help="seconds to reach the Ray cluster"),
+          as_json: bool = typer.Option(False, "--json", help="print sweep.json to stdout")):
+    """Run every point of a sweep (each an ordinary run, sharing the stage cache); Pareto report.
+    Exit 0 when a point passed its gates (recommended.yaml), 3 when none did."""
+    from . import executors
+    from .errors import InputError
+    from .sweep import execute, load_sweep
+
+    if executor not in ("local", "ray"):
+        raise InputError(f"--executor must be local or ray, got {executor!r}")
+    spec_ = load_sweep(spec)
+    run_points = executors.local if executor == "local" else executors.ray_executor(address, timeout=connect_timeout)
+
+    def progress(record: dict, count: int, total: int) -> None:
+        if record["status"] == "done":
+            verdict = "[green]passed[/]" if record["passed"] else "[yellow]gate failed[/]"
+            text = (f"{verdict} {record['metric']} {record['value']:.2f}, p50 {record['p50_ms']:.3f} ms, "
+                    f"{record['size_mb']} MB")
+        else:
+            text = f"[red]failed[/]: {record.get('error')}"
+        err.print(f"[bold cyan][{count}/{total}][/] point {record['index']} ({record['label']}) "
+                  f"{record.get('seconds', 0):.1f}s: {text}")
+
+    try:
+        report = execute(spec_, out_dir, executor=run_points, resume=resume, progress=progress)
+    except KeyboardInterrupt:
+        err.print(f"[red]interrupted[/]: finished points are kept; continue with `compress sweep {spec} --resume`")
+        sys.exit(130)
+    if as_json:
+        _print_json(report)
+    else:
+        _show_sweep(report, Path(out_dir) / spec_.name)
+    if not report["recommended"]:   # no point passed its gates (failed points alone do not fail the sweep)
+        raise typer.Exit(EXIT_GATE_FAILED)
+
+
+def _show_sweep(report: dict, folder: Path) -> None:
+    counts = report["counts"]
+    out.print(f"sweep {report['name']}: {counts['done']} done, {counts['failed']} failed, {counts['not run']} not run")
+    if report["recommended"]:
+        out.print(f"recommended: {report['recommended_yaml']}")
+    else:
+        out.print("no point passed its gates")
+    out.print(f"report: {folder / 'sweep.md'} ({folder / 'sweep.html'})")
+
+
+@app.command()
+@_guard
 def bench(model: Path = typer.Argument(..., help=".onnx (ONNX Runtime) or .xml (OpenVINO)"),
           threads: int = typer.Option(2, min=1), batch: int = typer.Option(1, min=1),
           warmup: int = typer.Option(10, min=0), runs: int = typer.Option(50, min=1),

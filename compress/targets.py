@@ -59,6 +59,9 @@ class Target(BaseModel):
         default_factory=list, description="precisions a `choose` stage may build for this target (none: it "
                                           "cannot be a choose target)")
     requires: dict[str, str] = Field(default_factory=dict)
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Ray custom resources of the machines that own this hardware, e.g. "
+                                          "{jetson_orin_nano: 1}: a sweep on Ray runs this target's points there")
 
     def missing_requirements(self) -> list[str]:
         """Packages this target needs that are absent or at a version outside the pin."""
