@@ -2,9 +2,6 @@
 recommended point (gates passed, best latency) as a ready-to-run recipe, recommended.yaml."""
 from __future__ import annotations
 
-import base64
-import html
-import io
 import os
 from datetime import datetime
 from pathlib import Path
@@ -149,56 +146,36 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _figure(report: dict) -> str:
-    """One scatter per target: p50 latency vs the metric, marker area ~ size; the front joined."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _figures(report: dict) -> list[str]:
+    """Per target: metric vs p50 latency and vs size, with the run report's plotting (compress.html)."""
+    from . import html as h
 
     done = [r for r in report["points"] if r["status"] == "done"]
-    targets = sorted({r.get("target") or "-" for r in done})
-    if not targets:
-        return ""
-    fig, axes = plt.subplots(1, len(targets), figsize=(5.5 * len(targets), 4.2), squeeze=False)
-    for ax, target in zip(axes[0], targets):
+    parts = []
+    for target in sorted({r.get("target") or "-" for r in done}):
         rows = [r for r in done if (r.get("target") or "-") == target]
         front = set(report["pareto"].get(target, []))
-        top = max((r["size_mb"] or 0) for r in rows) or 1
-        for r in rows:
-            color = "tab:green" if r["passed"] else "tab:red"
-            ax.scatter(r["p50_ms"], r["value"], s=40 + 260 * (r["size_mb"] or 0) / top, c=color,
-                       edgecolors="black" if r["key"] in front else "none", linewidths=1.5, alpha=0.8)
-            ax.annotate(str(r["index"]), (r["p50_ms"], r["value"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
-        line = sorted((r for r in rows if r["key"] in front), key=lambda r: r["p50_ms"])
-        ax.plot([r["p50_ms"] for r in line], [r["value"] for r in line], "k--", lw=0.8, label="Pareto front")
-        rec = [r for r in rows if r["key"] == report["recommended"]]
-        if rec:
-            ax.scatter(rec[0]["p50_ms"], rec[0]["value"], marker="*", s=300, c="gold", edgecolors="black",
-                       label="recommended", zorder=5)
-        ax.set(title=target, xlabel="p50 latency (ms)", ylabel=rows[0]["metric"])
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode()
+        points = [{"label": str(r["index"]), "p50_ms": r["p50_ms"], "size_mb": r["size_mb"], "value": r["value"],
+                   "group": "gate failed" if not r["passed"] else ("Pareto front" if r["key"] in front else "passed"),
+                   "chosen": r["key"] == report["recommended"]} for r in rows]
+        metric = rows[0]["metric"]
+        parts.append(h.section(f"Target {target}", h.row(
+            h.figure(h.scatter(points, x="p50_ms", y="value", xlabel="p50 latency (ms)", ylabel=metric,
+                               title=f"{metric} vs latency", log_x=True)),
+            h.figure(h.scatter(points, x="size_mb", y="value", xlabel="size (MB)", ylabel=metric,
+                               title=f"{metric} vs size"))),
+            h.paragraph("Labels are point numbers; the ringed point is the recommendation.", muted=True)))
+    return parts
 
 
 def render_html(report: dict) -> str:
-    """Self-contained: the figure is an inlined PNG. (Switch to the run report's plotting helpers once
-    compress has them.)"""
-    image = _figure(report)
-    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _row(r, report)) + "</tr>"
-                   for r in report["points"])
+    """Self-contained (figures inlined as SVG), made with the run report's plotting helpers."""
+    from . import html as h
+
     md_intro = markdown(report).split("| #")[0]
-    intro = "".join(f"<p>{html.escape(line.replace('**', ''))}</p>" for line in md_intro.splitlines()[1:] if line)
-    figure = (f'<img alt="metric vs latency per target" src="data:image/png;base64,{image}">'
-              "<p>Green: gates passed, red: failed; outlined: on the Pareto front; marker area: size.</p>"
-              if image else "")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Sweep {html.escape(report['name'])}</title>"
-            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}</style></head><body>"
-            f"<h1>Sweep {html.escape(report['name'])}</h1>{intro}{figure}<table><tr>"
-            + "".join(f"<th>{html.escape(h)}</th>" for h in HEADERS) + f"</tr>{rows}</table></body></html>")
+    intro = [h.paragraph(line.replace("**", "")) for line in md_intro.splitlines()[1:] if line]
+    figures = _figures(report) if h.available() else [
+        h.paragraph("matplotlib is not installed: no plots (pip install 'compress[report]')", muted=True)]
+    rows = [dict(zip(HEADERS, _row(r, report))) for r in report["points"]]
+    table = h.section("Points", h.table([(k, k) for k in HEADERS], rows, left={"point", "cached stages / error"}))
+    return h.page(f"Sweep {report['name']}", [f"<h1>Sweep {h.esc(report['name'])}</h1>", *intro, *figures, table])

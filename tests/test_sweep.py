@@ -136,7 +136,8 @@ def test_sweep_shares_the_cache_records_failures_and_recommends_a_reproducible_r
     assert points[0]["passed"] and not points[1]["passed"]
     assert points[0]["cached"] == [] and points[1]["cached"] == ["quantize", "compile"]   # one cache for all points
     assert report["recommended"] == points[0]["key"] and report["pareto"]["x86-cpu-openvino"]
-    assert "data:image/png;base64," in (folder / "sweep.html").read_text()
+    page = (folder / "sweep.html").read_text()
+    assert page.count("<svg") == 2 and "src=" not in page      # both plots inlined, nothing linked
     assert "| 0 | method=minmax, min_speedup=1.01 |" in (folder / "sweep.md").read_text()
 
     again = cli("sweep", spec, "--out", tmp / "sweeps")   # the folder holds a sweep: --resume, or elsewhere
