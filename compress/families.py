@@ -16,6 +16,22 @@ _SOFTMAX = {"Softmax", "SoftMax"}
 _HOPS = 4
 
 
+def _near_softmax(node, neighbours, kind, key) -> bool:
+    """A Softmax within a few reshape/scale hops of `node`, walking the graph both ways."""
+    frontier, seen = [node], set()
+    for _ in range(_HOPS):
+        following = []
+        for n in frontier:
+            for m in neighbours(n):
+                if kind(m) in _SOFTMAX:
+                    return True
+                if kind(m) in _PASS_THROUGH and key(m) not in seen:
+                    seen.add(key(m))
+                    following.append(m)
+        frontier = following
+    return False
+
+
 def attention_matmuls_openvino(model) -> int:
     """MatMuls of two activations within a few reshape/scale hops of a Softmax, in an OpenVINO model; a fused
     ScaledDotProductAttention op (OpenVINO's frontends make them) counts as its two MatMuls."""
@@ -28,22 +44,12 @@ def attention_matmuls_openvino(model) -> int:
             return constant(node.input_value(0), depth + 1)
         return False
 
+    def neighbours(n) -> list:
+        return [i.get_node() for i in n.input_values()] + \
+            [t.get_node() for out in n.outputs() for t in out.get_target_inputs()]
+
     def near_softmax(node) -> bool:
-        frontier, seen = [node], set()
-        for _ in range(_HOPS):
-            following = []
-            for n in frontier:
-                neighbours = [i.get_node() for i in n.input_values()]
-                neighbours += [t.get_node() for out in n.outputs() for t in out.get_target_inputs()]
-                for m in neighbours:
-                    kind = m.get_type_name()
-                    if kind in _SOFTMAX:
-                        return True
-                    if kind in _PASS_THROUGH and m.get_friendly_name() not in seen:
-                        seen.add(m.get_friendly_name())
-                        following.append(m)
-            frontier = following
-        return False
+        return _near_softmax(node, neighbours, lambda m: m.get_type_name(), lambda m: m.get_friendly_name())
 
     ops = list(model.get_ops())
     fused = sum(op.get_type_name() == "ScaledDotProductAttention" for op in ops)   # OpenVINO's fused attention
@@ -72,21 +78,11 @@ def attention_matmuls_onnx(path: Path) -> int:
             return constant(node.input[0], depth + 1)
         return False
 
+    def neighbours(n) -> list:
+        return [producer[i] for i in n.input if i in producer] + [c for o in n.output for c in consumers.get(o, [])]
+
     def near_softmax(node) -> bool:
-        frontier, seen = [node], set()
-        for _ in range(_HOPS):
-            following = []
-            for n in frontier:
-                neighbours = [producer[i] for i in n.input if i in producer]
-                neighbours += [c for o in n.output for c in consumers.get(o, [])]
-                for m in neighbours:
-                    if m.op_type == "Softmax":
-                        return True
-                    if m.op_type in _PASS_THROUGH and id(m) not in seen:
-                        seen.add(id(m))
-                        following.append(m)
-            frontier = following
-        return False
+        return _near_softmax(node, neighbours, lambda m: m.op_type, id)
 
     return sum(1 for n in graph.node if n.op_type == "MatMul" and len(n.input) == 2
                and not any(constant(i) for i in n.input) and near_softmax(n))
