@@ -98,6 +98,8 @@ def test_a_missing_resource_or_tensorrt_is_a_clear_error(tmp, ray_cluster, monke
     assert "no node of the Ray cluster has jetson_agx_orin: 1" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and time.perf_counter() - started < 60
     assert not (run / "engines").exists()
+    result = cli("build", run, "--target", "x86-nvidia-tensorrt", "--ray", ray_cluster, "--store", tmp / "store")
+    assert result.returncode == 2 and "target x86-nvidia-tensorrt names no Ray resource" in result.stderr, result.stderr
     # the node exists, but has no TensorRT: the real build's own error comes back from the worker, as exit 2
     result = cli("build", run, "--ray", ray_cluster, "--store", tmp / "store", timeout=300)
     assert result.returncode == 2, result.stderr
