@@ -74,6 +74,17 @@ def _fp32_source(run_dir: Path | None, onnx_path: Path) -> Path | None:
     return next((p for p in candidates if p.is_file()), None)
 
 
+def build_target(target_name: str | None, plan: dict) -> Target:
+    """--target, else the target the run compiled for (its build.json); it must be a TensorRT target."""
+    name = target_name or plan.get("target")
+    if name is None:
+        raise InputError("no target: pass --target (a TensorRT target name or file)")
+    target = resolve_target(name, base_dir=Path.cwd(), where="--target")
+    if target.tensorrt is None:
+        raise InputError(f"target {target.name} is not a TensorRT target (runtime {target.runtime})", where="--target")
+    return target
+
+
 def build(source: Path, *, target_name: str | None = None, warmup: int = 20, runs: int = 200, log=print) -> dict:
     from .runtimes.tensorrt_runtime import import_tensorrt
     from .tensorrt.engine import build_engine, derive_profile, device_facts, open_engine, time_engine, write_manifest
@@ -81,12 +92,7 @@ def build(source: Path, *, target_name: str | None = None, warmup: int = 20, run
 
     run_dir, onnx_path, plan = locate(source)
     trt = import_tensorrt(where="compress build")
-    name = target_name or plan.get("target")
-    if name is None:
-        raise InputError("no target: pass --target (a TensorRT target name or file)")
-    target = resolve_target(name, base_dir=Path.cwd(), where="--target")
-    if target.tensorrt is None:
-        raise InputError(f"target {target.name} is not a TensorRT target (runtime {target.runtime})", where="--target")
+    target = build_target(target_name, plan)
     facts = device_facts(trt)
     check_device(target, facts)
     import onnx

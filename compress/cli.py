@@ -332,11 +332,30 @@ def report_command(run_dir: Path = typer.Argument(..., help="a run folder (runs/
 def build(source: Path = typer.Argument(..., help="a run folder compiled for a TensorRT target, or its model.onnx"),
           target: str | None = typer.Option(None, "--target", help="TensorRT target (default: the run's)"),
           runs: int = typer.Option(200, min=1, help="timed runs per engine (CUDA events)"),
+          ray: str | None = typer.Option(None, "--ray", help="run the build as a Ray task on the node with the "
+                                         "target's resource: auto, host:port or ray://host:port"),
+          store: Path | None = typer.Option(None, "--store", help="with --ray: the shared folder (same path on "
+                                            "every node) the files move through, content-addressed"),
+          connect_timeout: float = typer.Option(10.0, "--connect-timeout", min=0.1, help="with --ray: seconds"),
           as_json: bool = typer.Option(False, "--json")):
     """On the device: build the INT8 TensorRT engine (and an FP16 one to compare), validate and time it."""
-    from .build import build as api_build
+    log = lambda m: err.print(f"[dim]{m}[/]")   # noqa: E731
+    if ray is not None:
+        from .dispatch import dispatch_build
+        from .errors import InputError
 
-    result = api_build(source, target_name=target, runs=runs, log=lambda m: err.print(f"[dim]{m}[/]"))
+        if store is None:
+            raise InputError("--ray needs --store: a folder every node of the cluster sees at the same path",
+                             where="--store")
+        result = dispatch_build(source, target_name=target, address=ray, store=str(store), runs=runs,
+                                connect_timeout=connect_timeout, log=log)
+    else:
+        from .build import build as api_build
+        from .errors import InputError
+
+        if store is not None:
+            raise InputError("--store applies to --ray builds only", where="--store")
+        result = api_build(source, target_name=target, runs=runs, log=log)
     if as_json:
         _print_json(result)
     else:

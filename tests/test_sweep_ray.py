@@ -1,22 +1,17 @@
-"""`compress sweep --executor ray` against a real Ray cluster on 127.0.0.1: a head node and one worker
-node that offers the custom resource `jetson_orin` (standing in for a Jetson), both started with
-`ray start` for this module and stopped after it (only the processes of this cluster: every one of
-them runs under this module's own --temp-dir). Bounded in time; nothing is left running."""
+"""`compress sweep --executor ray` against a real Ray cluster on 127.0.0.1 (tests/ray_cluster.py: a head node
+and one worker node offering custom resources that stand in for a Jetson). Bounded in time; nothing is left
+running."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
+from ray_cluster import free_port, ray_cluster_fixture  # noqa: F401 (the fixture)
 
 from conftest import ROOT, cli, fashion_recipe
 
@@ -24,55 +19,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("ray", path=str(
                                                    reason="Ray is not installed (compress[ray])")]
 
 STAGES = [{"type": "quantize", "backend": "openvino", "method": "minmax"}, {"type": "compile", "target": "x86-cpu-openvino"}]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _cluster_processes(temp: Path) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(str(temp) in part for part in proc.info["cmdline"] or []):
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return found
-
-
-def _stop(temp: Path) -> None:
-    """Stop this cluster's processes by pid (`ray stop` would stop every Ray cluster of this machine)."""
-    procs = _cluster_processes(temp)
-    for proc in procs:
-        proc.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=15)
-    for proc in alive:
-        proc.kill()
-    psutil.wait_procs(alive, timeout=10)
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = str(Path(sys.executable).parent / "ray")
-    temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))   # short: Ray's socket paths must stay < 108 chars
-    port = _free_port()
-    # HOME: Ray keeps an auth token in ~/.ray; a token another cluster left there must not reach this one
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", HOME=str(temp))
-    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", f"--temp-dir={temp}", "--disable-usage-stats"]
-    try:
-        for args in (["--head", f"--port={port}", "--include-dashboard=false"],
-                     [f"--address=127.0.0.1:{port}", '--resources={"jetson_orin": 1}']):
-            started = subprocess.run([ray, "start", *args, *common], capture_output=True, text=True, timeout=180, env=env)
-            assert started.returncode == 0, f"ray start {args[0]} failed:\n{started.stdout[-2000:]}\n{started.stderr[-2000:]}"
-        yield f"127.0.0.1:{port}"
-    finally:
-        _stop(temp)
-        left = [p for p in _cluster_processes(temp) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        shutil.rmtree(temp, ignore_errors=True)
-        assert not left, f"Ray processes left running: {[p.pid for p in left]}"
 
 
 def _target(folder: Path, name: str, resources: dict) -> str:
@@ -110,7 +56,7 @@ def test_unreachable_address_is_a_clear_error_within_the_timeout(tmp):
     spec = tmp / "sweep.yaml"
     spec.write_text(yaml.safe_dump({"name": "u", "base": fashion_recipe(STAGES), "axes": {"stages[0].method": ["minmax"]}}))
     started = time.perf_counter()
-    result = cli("sweep", spec, "--out", tmp, "--executor", "ray", "--address", f"127.0.0.1:{_free_port()}",
+    result = cli("sweep", spec, "--out", tmp, "--executor", "ray", "--address", f"127.0.0.1:{free_port()}",
                  "--connect-timeout", "3", timeout=120)
     assert result.returncode == 2 and "cannot reach the Ray cluster at 127.0.0.1:" in result.stderr
     assert "Traceback" not in result.stderr and time.perf_counter() - started < 60

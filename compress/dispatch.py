@@ -1,0 +1,187 @@
+"""`compress build RUN_DIR --ray ADDRESS`: the engine build runs as a Ray task on the node that owns the device.
+
+The task asks for the target's custom resource (`resources:` in targets/*.yaml, e.g. `jetson_orin_nano: 1`),
+so Ray places it on a node started with `ray start --resources='{"jetson_orin_nano": 1}'`. Files move through
+a shared store, a folder every node sees at the same path, content-addressed like the stage cache: each file is
+`<store>/sha256/<digest>`, written once by atomic rename and checked against its digest when read. The driver
+puts what the build reads (the QDQ .onnx and build.json, the FP32 model, the run's report/run.json/recipe, the
+model and eval data files the recipe names); the worker rebuilds a run folder from them, runs `build()`, puts
+the engine folder's files (model.engine, manifest.json, build-report.json, ...) and returns their digests; the
+driver checks them and renames the folder into RUN_DIR/engines/<target>/ only when every file arrived intact.
+A cluster where no node has the resource is an error naming it before anything is submitted.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .cache import file_digest as _sha256
+from .errors import CompressError, InputError
+from .fsutil import atomic_dir
+
+# recipe fields naming files the build reads on the device (the FP32 reference model, the eval data)
+_FILE_FIELDS = (("model", "path"), ("model", "weights"), ("model", "factory"),
+                ("data", "eval", "path"), ("data", "eval", "labels"), ("data", "eval", "factory"),
+                ("data", "calibration", "path"), ("data", "calibration", "labels"), ("data", "calibration", "factory"))
+
+
+# ---------------------------------------------------------------- the content-addressed store
+def open_store(store: str) -> Path:
+    if "://" in store:
+        raise InputError(f"--store {store}: only a folder path is supported (a shared file system mounted at the "
+                         "same path on every node)", hint="Mount the object store (e.g. s3fs, gcsfuse) and pass the folder.")
+    root = Path(store).expanduser().resolve()
+    try:
+        (root / "sha256").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot use {root} as the shared store: {exc.strerror or exc}", where="--store") from exc
+    return root
+
+
+def put(root: Path, path: Path) -> str:
+    """Store a file under its sha256 (once; an existing entry is reused) and return the digest."""
+    digest = _sha256(path)
+    entry = root / "sha256" / digest
+    if not entry.is_file():
+        tmp = entry.with_name(f".{digest}.tmp-{os.getpid()}")
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, entry)
+    return digest
+
+
+def get(root: Path, digest: str, dest: Path) -> None:
+    """Copy a stored file to `dest`, refusing one whose content does not match its digest."""
+    entry = root / "sha256" / digest
+    if not entry.is_file():
+        raise InputError(f"the shared store {root} has no file {digest}",
+                         hint="The store must be the same folder on every node (a shared file system).")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(entry, dest)
+    if _sha256(dest) != digest:
+        dest.unlink()
+        raise InputError(f"{entry} does not match its digest: the shared store is corrupt", where=str(dest))
+
+
+# ---------------------------------------------------------------- what the build reads
+def _bundle(run_dir: Path) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """{relative path in the run folder: absolute path here} for the run's files, {'<recipe field>/<name>':
+    absolute path here} for the files the recipe names, and {recipe field: '<recipe field>/<name>'}."""
+    import yaml
+
+    from .build import _fp32_source, locate
+
+    run_dir, onnx_path, _ = locate(run_dir)
+    if run_dir is None:
+        raise InputError("--ray needs the run folder (its recipe and eval data), not a bare .onnx")
+    files = {name: run_dir / name for name in ("report.json", "run.json", "recipe.yaml")}
+    for path in [onnx_path, onnx_path.with_name("build.json"), *onnx_path.parent.glob(onnx_path.name + ".data"),
+                 _fp32_source(run_dir, onnx_path)]:
+        if path is not None and path.is_file():
+            files[str(path.relative_to(run_dir))] = path
+    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    base = Path(json.loads((run_dir / "run.json").read_text())["base_dir"])
+    named, pointers = {}, {}
+    for fields in _FILE_FIELDS:
+        value = recipe
+        for key in fields:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, str):
+            field = ".".join(fields)
+            path = (base / (value.rpartition(":")[0] if fields[-1] == "factory" else value)).resolve()
+            if path.is_dir():
+                named.update({f"{field}/{path.name}/{p.relative_to(path)}": p for p in path.rglob("*") if p.is_file()})
+            elif path.is_file():
+                named[f"{field}/{path.name}"] = path
+            else:
+                continue
+            pointers[field] = f"{field}/{path.name}"   # the same file name: loaders go by the suffix
+    return {k: str(v) for k, v in files.items()}, {k: str(v) for k, v in named.items()}, pointers
+
+
+def _put_all(root: Path, files: dict[str, str]) -> dict[str, str]:
+    return {name: put(root, Path(path)) for name, path in files.items() if Path(path).is_file()}
+
+
+# ---------------------------------------------------------------- on the device's node
+def on_device(store: str, run_files: dict[str, str], named: dict[str, str], pointers: dict[str, str], target: str,
+              runs: int, build_fn=None) -> dict:
+    """The Ray task: rebuild the run folder from the store, build, store the engine folder's files."""
+    import ray
+    import yaml
+
+    root = open_store(store)
+    work = Path(tempfile.mkdtemp(prefix="compress-build-"))
+    try:
+        run_dir, data = work / "run", work / "data"
+        for name, digest in run_files.items():
+            get(root, digest, run_dir / name)
+        recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+        for field, digest in named.items():   # files the recipe names: copied here, the recipe pointed at them
+            get(root, digest, data / field)
+        for field, rel in pointers.items():
+            *parents, key = field.split(".")
+            node = recipe
+            for p in parents:
+                node = node[p]
+            node[key] = str(data / rel) + (":" + node[key].rpartition(":")[2] if key == "factory" else "")
+        (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+        info = json.loads((run_dir / "run.json").read_text())
+        (run_dir / "run.json").write_text(json.dumps({**info, "base_dir": str(data)}))
+        if build_fn is None:
+            from .build import build as build_fn
+        result = build_fn(run_dir, target_name=target, runs=runs, log=print)
+        folder = Path(result["folder"])
+        result["files"] = {p.name: put(root, p) for p in sorted(folder.iterdir()) if p.is_file()}
+        result["ray_node"] = ray.get_runtime_context().get_node_id()
+        result["folder"] = None
+        return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the driver
+def dispatch_build(run_dir: Path, *, target_name: str | None, address: str, store: str, runs: int = 200,
+                   connect_timeout: float = 10.0, log=print, build_fn=None) -> dict:
+    """Build RUN_DIR's engine on the Ray node that has the target's resource; the engine folder comes back
+    into RUN_DIR/engines/<target>/ (atomically). `build_fn` replaces `compress.build.build` on the worker:
+    tests only (the CLI never passes it)."""
+    from .build import build_target, locate
+    from .executors import connect, missing_resources
+
+    run_dir = Path(run_dir)
+    _, _, plan = locate(run_dir)
+    target = build_target(target_name, plan)
+    if not target.resources:
+        raise InputError(f"target {target.name} names no Ray resource (`resources:` in its YAML), so there is no "
+                         "device node to send the build to", where="--target",
+                         hint="Add e.g. resources: {my_gpu_box: 1} and start that node with ray start --resources.")
+    root = open_store(store)
+    run_files, named, pointers = _bundle(run_dir)
+    ray = connect(address, timeout=connect_timeout)
+    why = missing_resources(ray, {"num_cpus": 1, "resources": target.resources})
+    if why is not None:
+        raise InputError(f"cannot build for {target.name} on the Ray cluster at {address}: {why}",
+                         hint="Start the device's node with ray start --resources='"
+                              + json.dumps(target.resources) + "', or build on the device itself.")
+    log(f"sending the build for {target.name} to the node with {json.dumps(target.resources)} via {root}")
+    task = ray.remote(on_device).options(num_cpus=1, resources=dict(target.resources), max_retries=0)
+    name = target_name or plan["target"]   # as given: the worker resolves it the same way
+    ref = task.remote(str(root), _put_all(root, run_files), _put_all(root, named), pointers, name, runs, build_fn)
+    try:
+        result = ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, CompressError):   # the build's own clear error on the device (e.g. no TensorRT)
+            cause = exc.cause
+            raise type(cause)(cause.message, where=f"on the Ray node for {target.name}: {cause.where or 'build'}",
+                              hint=cause.hint) from None
+        raise
+    folder = run_dir / "engines" / target.name
+    folder.parent.mkdir(exist_ok=True)
+    with atomic_dir(folder) as tmp:
+        for file, digest in result["files"].items():
+            get(root, digest, tmp / file)
+    result["folder"] = str(folder)
+    return result
