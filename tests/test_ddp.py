@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 
+import compress
 from compress.ddp_worker import Group
 from compress.errors import InputError, RecipeError
 from compress.recipe import PruneFinetune, parse_recipe
@@ -142,3 +143,18 @@ def test_devices_is_part_of_the_stage_config_the_cache_key_hashes():
     recipe = fashion_recipe([stage], data={**fashion_recipe([])["data"], "train": {"path": "x.npz"}})
     dumped = parse_recipe(recipe).stages[0].model_dump(mode="json", exclude={"gates"})   # what _stage_key hashes
     assert dumped["finetune"]["devices"] == 2
+
+
+@pytest.mark.slow
+def test_a_prune_stage_fine_tunes_in_two_processes_and_keeps_its_sparsity(tmp):
+    recipe = fashion_recipe([{"type": "prune", "method": "unstructured", "ratio": 0.5, "scope": "global",
+                              "finetune": {"epochs": 1, "batch_size": 32, "devices": 2, "eval_samples": 200}}])
+    recipe["data"]["train"] = {"path": str(ROOT / "calibration_data" / "fashion_mnist_train.npz"), "samples": 256}
+    recipe["data"]["eval"]["samples"] = 200
+    result = compress.run(recipe, out=tmp)
+    stage = result.stages[0]
+    assert stage["details"]["finetune"][0]["metric"].startswith("top1 ")
+    state = torch.load(result.run_dir / "stages" / "01-prune" / "model.pt", weights_only=True)
+    weights = [v for k, v in state.items() if k.endswith("weight") and v.ndim > 1]
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    assert zeros >= 0.5 - 0.01, "the masks were not re-applied after each DDP step"
