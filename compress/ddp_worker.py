@@ -105,7 +105,9 @@ def launch(module, teacher, train, cfg, *, log: Callable[[str], None], evaluate:
             if err["exit_code"] == InputError.exit_code:   # e.g. no labels and no distill: the user's to fix
                 raise InputError(err["message"], where=err["where"], hint=err["hint"])
             raise StageError(f"multi-process fine-tuning failed on rank {err['rank']}: {err['message']}",
-                             where=f"{where}.finetune.devices")
+                             where=f"{where}.finetune.devices",
+                             hint="A connection error on one rank means another rank died (killed, out of memory); "
+                                  "devices: 1 runs the same training in this process.")
         history_file = folder / "history.json"
         if rc != 0 or not history_file.is_file():
             lines = (folder / "torchrun.log").read_text(errors="replace").splitlines()
