@@ -336,6 +336,18 @@ class FinetuneConfig(Strict):
     eval_samples: int = Field(500, ge=1, le=MAX_SAMPLES, description="eval samples for the per-epoch metric")
 
 
+class PruneFinetune(FinetuneConfig):
+    devices: int = Field(1, ge=1, le=512, description="processes to train in (torch.distributed DDP, launched with "
+                         "torchrun on this machine, gloo backend, CPU); 1: train in the pipeline's process")
+
+    @model_validator(mode="after")
+    def _split(self) -> PruneFinetune:
+        if self.batch_size % self.devices:
+            raise ValueError(f"batch_size {self.batch_size} is the global batch: it must split evenly over "
+                             f"devices {self.devices} (use a multiple of {self.devices})")
+        return self
+
+
 class PruneTarget(Strict):
     macs: float | None = Field(None, gt=0, lt=1, description="keep at most this fraction of the MACs")
     latency_ms: float | None = Field(None, gt=0, description="p50 at most this, on the recipe's target runtime")
@@ -367,7 +379,7 @@ class PruneConfig(StageBase):
     steps: int = Field(10, ge=1, le=100, description="iterative steps when pruning to a target")
     max_ratio: float = Field(0.9, gt=0, lt=1, description="never remove more than this fraction of a layer")
     ignore: list[str] = Field(default_factory=list, description="module names to leave alone (e.g. the head)")
-    finetune: FinetuneConfig | None = None
+    finetune: PruneFinetune | None = None
     sensitivity: SensitivityConfig | None = Field(None, description="per-layer scan written into the report")
 
     @model_validator(mode="after")

@@ -72,12 +72,18 @@ def recalibrate_bn(module, train: Dataset, batches: int, batch_size: int, seed: 
 
 def finetune(module, teacher, train: Dataset, cfg: FinetuneConfig, *, log: Callable[[str], None],
              evaluate: Callable[[object], str], where: str, threads: int, masks: dict | None = None,
-             progress: Callable, on_step: Callable[[int], None] | None = None, seed: int = 0) -> list[dict]:
+             progress: Callable, on_step: Callable[[int], None] | None = None, seed: int = 0,
+             ddp=None) -> list[dict]:
     """Train `module` in place. Returns one record per epoch (loss, metric text). `masks` (module
     name -> bool tensor) keeps pruned weights at zero; `on_step(global_step)` runs before each
-    optimizer step (freezing schedules); `progress(description, total)` gives a bar per epoch."""
+    optimizer step (freezing schedules); `progress(description, total)` gives a bar per epoch.
+    `ddp` (compress.ddp_worker.Group, inside a torchrun worker): forward through DistributedDataParallel,
+    each rank on its DistributedSampler shard with batch_size / world_size samples per step."""
     import torch
     import torch.nn.functional as F
+
+    forward = ddp.wrap(module) if ddp is not None else module
+    batch_size = cfg.batch_size // (ddp.world if ddp is not None else 1)
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)   # dropout and friends: the same recipe trains the same weights
@@ -95,7 +101,7 @@ def finetune(module, teacher, train: Dataset, cfg: FinetuneConfig, *, log: Calla
     optimizer = {"adam": lambda: torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
                  "adamw": lambda: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
                  "sgd": lambda: torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)}[cfg.optimizer]()
-    steps_per_epoch = max(1, -(-len(train) // cfg.batch_size))
+    steps_per_epoch = max(1, -(-(len(ddp.shard(train, 0)) if ddp is not None else len(train)) // batch_size))
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
                  if cfg.schedule == "cosine" else None)
     if teacher is not None:
@@ -107,12 +113,13 @@ def finetune(module, teacher, train: Dataset, cfg: FinetuneConfig, *, log: Calla
         module.train()
         total, count = 0.0, 0
         with contextlib.closing(progress(f"epoch {epoch + 1}/{cfg.epochs}", steps_per_epoch)) as bar:
-            for step, (feeds, labels) in enumerate(train.batches(cfg.batch_size, shuffle=seed + epoch)):
+            data = train.batches(batch_size, shuffle=seed + epoch) if ddp is None else ddp.shard(train, epoch).batches(batch_size)
+            for step, (feeds, labels) in enumerate(data):
                 if on_step is not None:
                     on_step(global_step)
                 global_step += 1
                 inputs = _tensors(feeds)
-                outputs = flatten_outputs(module(*inputs))[0]
+                outputs = flatten_outputs(forward(*inputs))[0]
                 logits = outputs[0]
                 loss = torch.zeros((), dtype=logits.dtype)
                 if use_labels and alpha < 1.0:
@@ -124,7 +131,10 @@ def finetune(module, teacher, train: Dataset, cfg: FinetuneConfig, *, log: Calla
                     # every floating-point output is distilled (a segmenter's masks and its presence head alike)
                     kd = sum(_distill_loss(s, t, temperature) for s, t in zip(outputs, targets) if s.is_floating_point())
                     loss = loss + alpha * kd
-                if not math.isfinite(float(loss.detach())):
+                finite = math.isfinite(float(loss.detach()))
+                if ddp is not None:
+                    finite = ddp.all(finite)   # every rank stops at the same step (no rank left waiting in backward)
+                if not finite:
                     module.load_state_dict(good)
                     module.eval()
                     raise TrainingDiverged(f"the training loss became {float(loss.detach())} at epoch {epoch + 1}, "
@@ -144,6 +154,8 @@ def finetune(module, teacher, train: Dataset, cfg: FinetuneConfig, *, log: Calla
                 total += float(loss.detach()) * n
                 count += n
                 bar.update(1, loss=total / count)
+        if ddp is not None:
+            total, count = ddp.sum(total, count)
         module.eval()
         metric = evaluate(module)
         record = {"epoch": epoch + 1, "loss": total / max(count, 1), "metric": metric}

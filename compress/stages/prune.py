@@ -450,9 +450,15 @@ def prune(cfg: PruneConfig, artifact: TorchModel, ctx: StageContext) -> TorchMod
         if cfg.method != "channel":  # keep pruned weights at zero while training
             mask = {n: (m.weight != 0) for n, m in _weights(module, set(cfg.ignore))}
         try:
-            details["finetune"] = finetune(module, teacher, ctx.train, cfg.finetune, log=ctx.log,
-                                           evaluate=metric_text, where=ctx.where, threads=ctx.threads, masks=mask,
-                                           progress=ctx.progress, seed=ctx.resolved.seed)
+            if cfg.finetune.devices > 1:
+                from ..ddp_worker import launch
+
+                details["finetune"] = launch(module, teacher, ctx.train, cfg.finetune, log=ctx.log, evaluate=metric_text,
+                                             where=ctx.where, threads=ctx.threads, masks=mask, seed=ctx.resolved.seed)
+            else:
+                details["finetune"] = finetune(module, teacher, ctx.train, cfg.finetune, log=ctx.log,
+                                               evaluate=metric_text, where=ctx.where, threads=ctx.threads, masks=mask,
+                                               progress=ctx.progress, seed=ctx.resolved.seed)
         except TrainingDiverged as exc:
             raise keep_last_good(ctx, exc, lambda folder: TorchModel(path=save_module(module, folder))) from None
     macs, params = count_macs(module, ctx.spec)
