@@ -61,19 +61,22 @@ def validate(recipe: str | Path | dict | Recipe, *, base_dir: str | Path | None 
 
 
 def run(recipe: str | Path | dict | Recipe, *, out: str | Path = "runs", model: Any = None, metric: Any = None,
-        base_dir: str | Path | None = None, reporter=None, cache: bool = True):
+        base_dir: str | Path | None = None, reporter=None, cache: bool = True, reuse_measurements: bool = False):
     """Run the recipe; returns a RunResult (report as a dict, `.passed` for the gates).
 
     `model`: a torch.nn.Module used instead of the recipe's model source.
     `metric`: a function(outputs, targets) -> dict, or a class with update()/compute(), used instead
     of the recipe's `metric.function`; `outputs` maps output names to numpy arrays.
     `cache=False` recomputes every stage instead of reusing identical finished ones from `<out>/.cache`.
+    `reuse_measurements=True` (what `compress sweep` passes for its points) also reuses the validation of an
+    identical artifact on the same data, settings and machine from `<out>/.cache/measurements`, marked as reused
+    in the report; a plain run measures everything again.
     """
     from .pipeline import run as run_pipeline
 
     parsed, base = load(recipe, base_dir)
     return run_pipeline(parsed, base_dir=base, out_dir=Path(out), model=model, metric=metric, reporter=reporter,
-                        use_cache=cache)
+                        use_cache=cache, reuse_measurements=reuse_measurements)
 
 
 def resume(run_dir: str | Path, *, model: Any = None, metric: Any = None, reporter=None, cache: bool = True):

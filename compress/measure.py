@@ -3,14 +3,18 @@ any artifact (task metric, agreement with FP32, paired latency), and the primary
 stage, checkpoint and baseline is measured here, so their numbers are comparable."""
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from .artifacts import Artifact, OnnxModel, TorchModel
+from .cache import digest
 from .data import Head
+from .errors import first_line
 from .fsutil import atomic_dir
 from .inputs import Inputs
+from .measure_memo import MeasureMemo
 from .recipe import Recipe
 from .runtimes import open_session, runtime_for
 from .stages import Resolved
@@ -76,9 +80,11 @@ def delta_interval(name: str, ours: dict[str, np.ndarray], reference: dict[str, 
 
 
 class Measurer:
-    def __init__(self, recipe: Recipe, inputs: Inputs, resolved: Resolved, run_dir: Path, reporter):
+    def __init__(self, recipe: Recipe, inputs: Inputs, resolved: Resolved, run_dir: Path, reporter, *,
+                 memo: MeasureMemo | None = None, model_id: str | None = None):
         self.recipe, self.inputs, self.resolved, self.run_dir, self.reporter = recipe, inputs, resolved, run_dir, \
             reporter
+        self.memo, self.model_id = memo, model_id   # a sweep's reused validations (measure_memo.py)
         self.baselines: dict[str, dict] = {}      # runtime name -> FP32 record on it (the reference's included)
         self.reference_outputs: list | None = None
         self.primary: str | None = None
@@ -119,9 +125,44 @@ class Measurer:
         return self.baselines[self.inputs.reference.runtime]
 
     # ------------------------------------------------------------ any artifact
+    def _identity(self, artifact: Artifact) -> str | None:
+        """What a validation of `artifact` depends on in itself: its content and state (None: in memory)."""
+        if artifact is self.inputs.reference:
+            return self.model_id
+        sha = artifact.sha256() if artifact.path is not None else None
+        return digest({"kind": artifact.kind, "sha256": sha, "state": artifact.state()}) if sha else None
+
     def validate(self, artifact: Artifact, label: str, *, collect: bool = False,
                  paired_with: str | None = None, thresholds: tuple[float, ...] = (),
                  adaptive: bool = True) -> tuple[dict, EvalResult]:
+        key = None
+        if self.memo is not None:
+            what = self._identity(artifact)
+            pair = self._identity(self._latency_artifacts[paired_with]) if paired_with is not None else "unpaired"
+            if what is not None and pair is not None:
+                key = self.memo.key(artifact=what, paired_with=pair, collect=collect, thresholds=list(thresholds),
+                                    adaptive=adaptive)
+                found = self.memo.get(key, collect=collect)
+                if found is not None:
+                    record, result = found
+                    self.reporter.log(f"{label}: validation reused from {record['reused']['run']} (same artifact, "
+                                      "data, settings and machine)")
+                    record.update(artifact=artifact_info(artifact, self.run_dir), macs=self._macs(artifact),
+                                  params=param_count(artifact) if isinstance(artifact, TorchModel) else self.params)
+                    if paired_with is None:
+                        self._latency_artifacts[label] = artifact
+                    return record, result
+        record, result = self._validate(artifact, label, collect=collect, paired_with=paired_with,
+                                        thresholds=thresholds, adaptive=adaptive)
+        if key is not None:
+            try:
+                self.memo.put(key, record, result, self.run_dir, datetime.now(UTC).isoformat(timespec="seconds"))
+            except Exception as exc:   # another point wrote it at the same moment, a full disk: only a lost reuse
+                self.reporter.log(f"{label}: validation not kept for reuse ({first_line(exc)[:200]})")
+        return record, result
+
+    def _validate(self, artifact: Artifact, label: str, *, collect: bool, paired_with: str | None,
+                  thresholds: tuple[float, ...], adaptive: bool) -> tuple[dict, EvalResult]:
         threads, batch = self.resolved.threads, self.resolved.batch
         inputs = self.inputs
         session = open_session(artifact, threads=threads)

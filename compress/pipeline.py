@@ -22,6 +22,7 @@ from .fsutil import atomic_dir
 from .gates import evaluate_gates, stage_judge
 from .inputs import Inputs, open_inputs
 from .measure import Measurer, param_count
+from .measure_memo import MeasureMemo
 from .recipe import Recipe
 from .rundir import RunFolder
 from .runtimes import restore, runtime_for
@@ -163,10 +164,12 @@ class Runner:
     handler into a temp folder that appears complete; then measure it against its FP32 baseline."""
 
     def __init__(self, the_plan: Plan, inputs: Inputs, folder: RunFolder, reporter: Reporter, *,
-                 cache_root: Path, use_cache: bool, model_id: str):
+                 cache_root: Path, use_cache: bool, model_id: str, reuse_measurements: bool = False):
         self.plan, self.recipe, self.inputs, self.folder, self.reporter = the_plan, the_plan.recipe, inputs, folder, \
             reporter
         self.cache_root, self.use_cache, self.model_id = cache_root, use_cache, model_id
+        # a sweep's points reuse each other's validations (measure_memo.py); in-memory models and metrics never
+        self.reuse_measurements = reuse_measurements and use_cache and inputs.resumable
         self.machine = machine_info()
         self.resolved = Resolved(threads=the_plan.threads, batch=the_plan.batch, final_runtime=the_plan.final_runtime,
                                  batch_size=self.recipe.data.batch_size, seed=self.recipe.seed,
@@ -179,7 +182,10 @@ class Runner:
         return self.folder.path
 
     def run(self) -> dict:
-        measurer = Measurer(self.recipe, self.inputs, self.resolved, self.run_dir, self.reporter)
+        memo = MeasureMemo.for_run(self.cache_root / "measurements", self.recipe, self.plan.base_dir, self.model_id,
+                                   self.resolved, self.machine, self.versions) if self.reuse_measurements else None
+        measurer = Measurer(self.recipe, self.inputs, self.resolved, self.run_dir, self.reporter, memo=memo,
+                            model_id=self.model_id)
         reference = measurer.reference()
         artifact, input_id, records = self.inputs.reference, self.model_id, []
         for planned in self.plan.stages:
@@ -201,6 +207,9 @@ class Runner:
                 "config": planned.config.model_dump(mode="json"), "details": details,
                 "duration_s": round(duration, 2), "notes": list(output.notes), "cached": reused, "key": key,
             })
+            if "reused" in record:
+                record["notes"].append(f"validation reused from {record['reused']['run']}, an earlier point of this "
+                                       "sweep (same artifact, eval data, settings and machine)")
             speedup = record["speedup"]
             if output.precision == "int8" and speedup["vs_fp32_same_runtime"] <= 1.0:
                 record["notes"].append(
@@ -312,7 +321,7 @@ class Runner:
 
 
 def _execute(the_plan: Plan, out_dir: Path, *, model=None, metric=None, reporter: Reporter | None = None,
-             resume_dir: Path | None = None, use_cache: bool = True) -> RunResult:
+             resume_dir: Path | None = None, use_cache: bool = True, reuse_measurements: bool = False) -> RunResult:
     recipe, base = the_plan.recipe, the_plan.base_dir
     reporter = reporter or Reporter()
     out_dir = out_dir.absolute()   # stages may change directory (ORT writes temp files into the cwd)
@@ -321,7 +330,7 @@ def _execute(the_plan: Plan, out_dir: Path, *, model=None, metric=None, reporter
                        {"base_dir": str(base), "out_dir": str(out_dir.resolve()), "resumable": inputs.resumable})
     model_id = cache.model_identity(recipe.model, base, recipe.seed, model)
     runner = Runner(the_plan, inputs, folder, reporter, cache_root=out_dir / ".cache", use_cache=use_cache,
-                    model_id=model_id)
+                    model_id=model_id, reuse_measurements=reuse_measurements)
     # nothing between the folder's appearing (status running) and the try that records how the run ended
     if resume_dir is not None:
         folder.reopen(resume_dir)
@@ -337,9 +346,10 @@ def _execute(the_plan: Plan, out_dir: Path, *, model=None, metric=None, reporter
 
 
 def run(recipe: Recipe, *, base_dir: Path, out_dir: Path, model=None, metric=None,
-        reporter: Reporter | None = None, use_cache: bool = True) -> RunResult:
+        reporter: Reporter | None = None, use_cache: bool = True, reuse_measurements: bool = False) -> RunResult:
     the_plan = plan(recipe, base_dir, in_memory_model=model is not None)
-    return _execute(the_plan, out_dir, model=model, metric=metric, reporter=reporter, use_cache=use_cache)
+    return _execute(the_plan, out_dir, model=model, metric=metric, reporter=reporter, use_cache=use_cache,
+                    reuse_measurements=reuse_measurements)
 
 
 def resume(run_dir: Path, *, model=None, metric=None, reporter: Reporter | None = None,

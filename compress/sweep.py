@@ -231,7 +231,7 @@ def run_point(job: dict) -> dict:
     log = Path(job["out"]).parent / "points" / f"{job['key']}.log"   # the backends' own output
     try:
         with open(log, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            result = api_run(job["recipe"], out=job["out"], base_dir=job["base_dir"])
+            result = api_run(job["recipe"], out=job["out"], base_dir=job["base_dir"], reuse_measurements=True)
         record.update(status="done", **summarize(result.report))
     except CompressError as exc:
         record.update(status="failed", error=exc.render(), exit_code=exc.exit_code)
