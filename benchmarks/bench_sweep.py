@@ -1,9 +1,10 @@
 """A sweep's shared stage cache vs the same points as independent runs (issue #21).
 
 These machines are shared and their load swings, so the comparison is interleaved, point by point:
-each point runs once as the sweep runs it (`compress run`, into one folder whose stage cache every
-point shares) and once alone (`compress run --no-cache`, its own process). Both pay the same
-process start-up, so the ratio is the cache's alone (a real sweep also keeps its worker's imports:
+each point runs once as the sweep runs it (`compress.run(..., reuse_measurements=True)` in its own
+process, into one folder whose stage cache and validations every point shares) and once alone
+(`compress run --no-cache`, its own process). Both pay the same process start-up, so the ratio is
+the sharing's alone (a real sweep also keeps its worker's imports:
 it is a little faster still). Optionally (--sweep) the real `compress sweep` is timed first.
 
     .venv/bin/python benchmarks/bench_sweep.py [recipes/sweep-quickstart.yaml] [--points 12] [--sweep]
@@ -11,13 +12,16 @@ it is a little faster still). Optionally (--sweep) the real `compress sweep` is 
 
 --points N takes the first N points (the quickstart's points come in groups of 4 that share their
 pruning ratio, so 4 has the same structure as 12). With --ray-address the sweep is then run on Ray
-and with the local executor, both on the warm cache, and the executor overhead per point is
-printed: (sweep wall - the points' own run time) / points, for each; every point is a Ray task.
+and with the local executor, both on the warm cache, and for each: the fixed cost (sweep wall time
+minus the span from the first point's start to the last one's end: connecting, the first worker's
+start-up, the report) and the overhead per point (the idle gap between one point's end and the next
+one's start, points running one after another on 2 cores); every point is a Ray task.
 Target: the shared cache at least 2x faster than independent runs; Ray overhead under 2 s per point.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -45,17 +49,30 @@ def timed(args: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def overhead(folder: Path) -> tuple[float, float]:
-    """(the sweep's own wall time, its overhead per point beyond the points' runs)."""
+def timed_point(file: Path, out: Path) -> float:
+    """One point as `compress sweep` runs it (shared stage cache and validations), in its own process."""
+    started = time.perf_counter()
+    code = "import sys, compress; compress.run(sys.argv[1], out=sys.argv[2], reuse_measurements=True)"
+    subprocess.run([PY, "-c", code, str(file), str(out)], cwd=ROOT, check=False, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def overhead(folder: Path) -> tuple[float, float, float]:
+    """(the sweep's wall time, its fixed cost: connecting, the first worker's start-up, the report, and
+    the overhead per point: the idle gap between one point's end and the next one's start in a worker)."""
     report = json.loads((folder / "sweep.json").read_text())
-    ran = [p for p in report["points"] if p["status"] == "done"]
-    return report["wall_s"], (report["wall_s"] - sum(p["seconds"] for p in ran)) / max(len(ran), 1)
+    ran = sorted((p for p in report["points"] if p["status"] == "done"), key=lambda p: p["started_at"])
+    gaps = [b["started_at"] - a["finished_at"] for a, b in itertools.pairwise(ran) if b["started_at"] >= a["finished_at"]]
+    per_point = sum(gaps) / len(gaps) if gaps else 0.0
+    busy = ran[-1]["finished_at"] - ran[0]["started_at"]
+    return report["wall_s"], report["wall_s"] - busy, per_point
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("file", nargs="?", default=str(ROOT / "recipes/sweep-quickstart.yaml"))
-    parser.add_argument("--points", type=int, default=None)
+    parser.add_argument("--points", type=int, default=None, help="0: only the executor comparison")
     parser.add_argument("--sweep", dest="real_sweep", action="store_true", help="time the real `compress sweep` first")
     parser.add_argument("--ray-address", default=None)
     args = parser.parse_args()
@@ -70,21 +87,27 @@ def main() -> None:
     for p in points:
         file = work / f"point{p.index:02d}.yaml"
         file.write_text(yaml.safe_dump(rebase(p.recipe, sweep.base_dir, work), sort_keys=False))
-        a = timed(["run", str(file), "--quiet", "--out", str(work / "shared")])
+        a = timed_point(file, work / "shared")
         b = timed(["run", str(file), "--quiet", "--no-cache", "--out", str(work / "independent")])
         shared, independent = shared + a, independent + b
         print(f"point {p.index} ({p.label}): shared cache {a:.1f} s, independent {b:.1f} s   load {os.getloadavg()}",
               flush=True)
-    print(f"total: shared cache {shared:.1f} s, independent {independent:.1f} s -> {independent / shared:.2f}x", flush=True)
+    if points:
+        print(f"total: shared cache {shared:.1f} s, independent {independent:.1f} s -> {independent / shared:.2f}x",
+              flush=True)
     if args.ray_address:
         folder = work / "warm" / sweep.name
-        walls = {}
+        cold = timed(["sweep", args.file, "--out", str(work / "warm")])   # fills the cache: the runs below are warm
+        print(f"compress sweep, cold cache, local executor: {cold:.1f} s   load {os.getloadavg()}", flush=True)
         for name, extra in (("local", []), ("ray", ["--executor", "ray", "--address", args.ray_address])):
             shutil.rmtree(folder / "points", ignore_errors=True)
-            timed(["sweep", args.file, "--out", str(work / "warm"), *extra])
-            walls[name] = overhead(folder)
-            print(f"{name} executor: sweep {walls[name][0]:.1f} s, overhead {walls[name][1]:.2f} s per point   "
-                  f"load {os.getloadavg()}", flush=True)
+            wall = timed(["sweep", args.file, "--out", str(work / "warm"), *extra])
+            _, fixed, per_point = overhead(folder)
+            report = json.loads((folder / "sweep.json").read_text())
+            span = report["wall_s"] - fixed
+            print(f"{name} executor, warm cache: command {wall:.1f} s, of which points {span:.1f} s; fixed "
+                  f"{wall - span:.1f} s (process start, connecting or starting the cluster, the first worker, the "
+                  f"report); overhead {per_point:.3f} s per point   load {os.getloadavg()}", flush=True)
     print(f"folder: {work}")
 
 

@@ -334,8 +334,9 @@ def build(source: Path = typer.Argument(..., help="a run folder compiled for a T
           runs: int = typer.Option(200, min=1, help="timed runs per engine (CUDA events)"),
           ray: str | None = typer.Option(None, "--ray", help="run the build as a Ray task on the node with the "
                                          "target's resource: auto, host:port or ray://host:port"),
-          store: Path | None = typer.Option(None, "--store", help="with --ray: the shared folder (same path on "
-                                            "every node) the files move through, content-addressed"),
+          store: str | None = typer.Option(None, "--store", help="with --ray: where the files move through, "
+                                           "content-addressed: a folder every node mounts at the same path, or an "
+                                           "fsspec URL (s3://bucket/prefix with s3fs installed, gs://, az://...)"),
           connect_timeout: float = typer.Option(10.0, "--connect-timeout", min=0.1, help="with --ray: seconds"),
           as_json: bool = typer.Option(False, "--json")):
     """On the device: build the INT8 TensorRT engine (and an FP16 one to compare), validate and time it."""
@@ -345,8 +346,8 @@ def build(source: Path = typer.Argument(..., help="a run folder compiled for a T
         from .errors import InputError
 
         if store is None:
-            raise InputError("--ray needs --store: a folder every node of the cluster sees at the same path",
-                             where="--store")
+            raise InputError("--ray needs --store: a folder every node of the cluster sees at the same path, or "
+                             "an fsspec URL such as s3://bucket/prefix", where="--store")
         result = dispatch_build(source, target_name=target, address=ray, store=str(store), runs=runs,
                                 connect_timeout=connect_timeout, log=log)
     else:

@@ -1,4 +1,4 @@
-"""Multi-process fine-tuning: `finetune: {devices: N}` trains under torch.distributed with DDP.
+"""Multi-process fine-tuning: `finetune: {devices: N}` (prune, qat) trains under torch.distributed with DDP.
 
 The stage calls `launch()`: it writes the module, teacher, training data and settings to a temporary
 folder and runs `python -m torch.distributed.run --standalone --nproc_per_node N -m compress.ddp_worker
@@ -71,8 +71,13 @@ def _user_modules() -> dict[str, str]:
 
 
 def launch(module, teacher, train, cfg, *, log: Callable[[str], None], evaluate: Callable[[object], str], where: str,
-           threads: int, masks: dict | None, seed: int) -> list[dict]:
-    """Train `module` in place in `cfg.devices` processes; the same records as `compress.train.finetune`."""
+           threads: int, masks: dict | None, seed: int, nncf_from=None, qat=None) -> list[dict]:
+    """Train `module` in place in `cfg.devices` processes; the same records as `compress.train.finetune`.
+
+    A model NNCF has wrapped (QAT) does not pickle: `nncf_from` is the FP32 module it was made from,
+    and the workers rebuild the fake-quant model from it with NNCF's own serialization
+    (`nncf.torch.get_config` / `load_from_config`) and `module`'s state_dict (calibrated ranges
+    included). `qat` (the stage's QatConfig) gives them its freezing schedule."""
     import torch
 
     from .train import TrainingDiverged
@@ -80,7 +85,14 @@ def launch(module, teacher, train, cfg, *, log: Callable[[str], None], evaluate:
     with tempfile.TemporaryDirectory(prefix="compress-ddp-") as tmp:
         folder = Path(tmp)
         try:
-            torch.save({"module": module, "teacher": teacher, "train": train, "cfg": cfg, "masks": masks,
+            if nncf_from is not None:
+                import nncf.torch
+
+                model = {"module": nncf_from, "nncf_config": nncf.torch.get_config(module),
+                         "state_dict": module.state_dict(), "qat": qat}
+            else:
+                model = {"module": module}
+            torch.save({**model, "teacher": teacher, "train": train, "cfg": cfg, "masks": masks,
                         "seed": seed, "where": where}, folder / "payload.pt")
         except Exception as exc:
             raise StageError(f"multi-process fine-tuning could not hand the model to the workers: {first_line(exc)}",
@@ -147,6 +159,15 @@ def main(folder: Path) -> None:
     payload = torch.load(folder / "payload.pt", weights_only=False)
     group = Group(payload["seed"])
     module, cfg, threads = payload["module"], payload["cfg"], int(os.environ["COMPRESS_DDP_THREADS"])
+    on_step = None
+    if "nncf_config" in payload:   # QAT: the fake-quant model rebuilt from the FP32 one, ranges and all
+        import nncf.torch
+
+        from .stages.qat import freezer
+
+        module = nncf.torch.load_from_config(module, payload["nncf_config"])
+        module.load_state_dict(payload["state_dict"])
+        on_step = freezer(payload["qat"], module, lambda _: None)
     rank0 = group.rank == 0
     torch.set_num_threads(threads)
     if cfg.bn_recalibration:   # every rank the same batches: identical statistics, before DDP syncs anything
@@ -165,7 +186,7 @@ def main(folder: Path) -> None:
     try:
         history = finetune(module, payload["teacher"], payload["train"], cfg, log=lambda _: None, evaluate=save,
                            where=payload["where"], threads=threads, masks=payload["masks"],
-                           progress=_NoBar, seed=payload["seed"], ddp=group)
+                           progress=_NoBar, seed=payload["seed"], ddp=group, on_step=on_step)
     except CompressError as exc:
         (folder / f"error-{group.rank}.json").write_text(json.dumps({
             "type": type(exc).__name__, "rank": group.rank, "message": exc.message, "where": exc.where, "hint": exc.hint,

@@ -2,8 +2,9 @@
 
 The task asks for the target's custom resource (`resources:` in targets/*.yaml, e.g. `jetson_orin_nano: 1`),
 so Ray places it on a node started with `ray start --resources='{"jetson_orin_nano": 1}'`. Files move through
-a shared store, a folder every node sees at the same path, content-addressed like the stage cache: each file is
-`<store>/sha256/<digest>`, written once by atomic rename and checked against its digest when read. The driver
+a shared store, a folder every node sees at the same path or an fsspec URL (s3://, gs://, ...), content-addressed
+like the stage cache: each file is `<store>/sha256/<digest>`, written once under a temporary name, moved into place,
+and checked against its digest when read. The driver
 puts what the build reads (the QDQ .onnx and build.json, the FP32 model, the run's report/run.json/recipe, the
 model and eval data files the recipe names); the worker rebuilds a run folder from them, runs `build()`, puts
 the engine folder's files (model.engine, manifest.json, build-report.json, ...) and returns their digests; the
@@ -14,12 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
 from .cache import file_digest as _sha256
-from .errors import CompressError, InputError
+from .errors import CompressError, InputError, first_line
 from .fsutil import atomic_dir
 
 # recipe fields naming files the build reads on the device (the FP32 reference model, the eval data)
@@ -29,40 +31,72 @@ _FILE_FIELDS = (("model", "path"), ("model", "weights"), ("model", "factory"),
 
 
 # ---------------------------------------------------------------- the content-addressed store
-def open_store(store: str) -> Path:
-    if "://" in store:
-        raise InputError(f"--store {store}: only a folder path is supported (a shared file system mounted at the "
-                         "same path on every node)", hint="Mount the object store (e.g. s3fs, gcsfuse) and pass the folder.")
-    root = Path(store).expanduser().resolve()
-    try:
-        (root / "sha256").mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot use {root} as the shared store: {exc.strerror or exc}", where="--store") from exc
-    return root
+class Store:
+    """`<root>/sha256/<digest>`: on a folder every node mounts at the same path, or behind any fsspec URL
+    (s3://bucket/prefix with s3fs, gs:// with gcsfs, az:// with adlfs, ftp://, ...). A file is written under
+    a temporary name and moved into place once complete, and checked against its digest when read."""
+
+    def __init__(self, location: str):
+        import fsspec
+        from fsspec.implementations.local import LocalFileSystem
+
+        if "://" in location:
+            scheme = location.split("://", 1)[0]
+            self.location = location
+            self.shown = re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", location)   # no password in messages
+            try:
+                self.fs, root = fsspec.core.url_to_fs(location)
+            except (ImportError, ValueError) as exc:
+                raise InputError(f"--store {self.shown}: no fsspec driver for {scheme}:// ({first_line(exc)[:200]})",
+                                 where="--store", hint="Install the driver on the driver and on every node: s3fs "
+                                 "for s3://, gcsfs for gs://, adlfs for az://; or pass a shared folder.") from exc
+        else:
+            self.fs, root = LocalFileSystem(), str(Path(location).expanduser().resolve())
+            self.location = self.shown = root
+        self.root = root.rstrip("/")
+        try:
+            self.fs.makedirs(f"{self.root}/sha256", exist_ok=True)
+        except Exception as exc:   # a driver's own errors (permissions, no such bucket, unreachable host)
+            raise InputError(f"cannot use {self.shown} as the shared store: {first_line(exc)[:300]}",
+                             where="--store") from exc
+
+    def entry(self, digest: str) -> str:
+        self.fs.invalidate_cache(f"{self.root}/sha256")   # another node may have written since this one listed it
+        return f"{self.root}/sha256/{digest}"
+
+    def put(self, path: Path) -> str:
+        """Store a file under its sha256 (once; an existing entry is reused) and return the digest."""
+        digest = _sha256(path)
+        entry = self.entry(digest)
+        if not self.fs.exists(entry):
+            tmp = f"{self.root}/sha256/.{digest}.tmp-{os.uname().nodename}-{os.getpid()}"
+            self.fs.put_file(str(path), tmp)
+            self.fs.mv(tmp, entry)
+        return digest
+
+    def get(self, digest: str, dest: Path) -> None:
+        """Copy a stored file to `dest`, refusing one whose content does not match its digest."""
+        entry = self.entry(digest)
+        if not self.fs.exists(entry):
+            raise InputError(f"the shared store {self.shown} has no file {digest}",
+                             hint="The store must be the same for every node (a shared folder or URL).")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        self.fs.get_file(entry, str(dest))
+        if _sha256(dest) != digest:
+            dest.unlink()
+            raise InputError(f"{entry} does not match its digest: the shared store is corrupt", where=str(dest))
 
 
-def put(root: Path, path: Path) -> str:
-    """Store a file under its sha256 (once; an existing entry is reused) and return the digest."""
-    digest = _sha256(path)
-    entry = root / "sha256" / digest
-    if not entry.is_file():
-        tmp = entry.with_name(f".{digest}.tmp-{os.getpid()}")
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, entry)
-    return digest
+def open_store(location: str) -> Store:
+    return Store(location)
 
 
-def get(root: Path, digest: str, dest: Path) -> None:
-    """Copy a stored file to `dest`, refusing one whose content does not match its digest."""
-    entry = root / "sha256" / digest
-    if not entry.is_file():
-        raise InputError(f"the shared store {root} has no file {digest}",
-                         hint="The store must be the same folder on every node (a shared file system).")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(entry, dest)
-    if _sha256(dest) != digest:
-        dest.unlink()
-        raise InputError(f"{entry} does not match its digest: the shared store is corrupt", where=str(dest))
+def put(store: Store, path: Path) -> str:
+    return store.put(path)
+
+
+def get(store: Store, digest: str, dest: Path) -> None:
+    store.get(digest, dest)
 
 
 # ---------------------------------------------------------------- what the build reads
@@ -101,7 +135,7 @@ def _bundle(run_dir: Path) -> tuple[dict[str, str], dict[str, str], dict[str, st
     return {k: str(v) for k, v in files.items()}, {k: str(v) for k, v in named.items()}, pointers
 
 
-def _put_all(root: Path, files: dict[str, str]) -> dict[str, str]:
+def _put_all(root: Store, files: dict[str, str]) -> dict[str, str]:
     return {name: put(root, Path(path)) for name, path in files.items() if Path(path).is_file()}
 
 
@@ -166,10 +200,10 @@ def dispatch_build(run_dir: Path, *, target_name: str | None, address: str, stor
         raise InputError(f"cannot build for {target.name} on the Ray cluster at {address}: {why}",
                          hint="Start the device's node with ray start --resources='"
                               + json.dumps(target.resources) + "', or build on the device itself.")
-    log(f"sending the build for {target.name} to the node with {json.dumps(target.resources)} via {root}")
+    log(f"sending the build for {target.name} to the node with {json.dumps(target.resources)} via {root.shown}")
     task = ray.remote(on_device).options(num_cpus=1, resources=dict(target.resources), max_retries=0)
     name = target_name or plan["target"]   # as given: the worker resolves it the same way
-    ref = task.remote(str(root), _put_all(root, run_files), _put_all(root, named), pointers, name, runs, build_fn)
+    ref = task.remote(root.location, _put_all(root, run_files), _put_all(root, named), pointers, name, runs, build_fn)
     try:
         result = ray.get(ref)
     except ray.exceptions.RayTaskError as exc:

@@ -336,16 +336,20 @@ class FinetuneConfig(Strict):
     eval_samples: int = Field(500, ge=1, le=MAX_SAMPLES, description="eval samples for the per-epoch metric")
 
 
-class PruneFinetune(FinetuneConfig):
+class DistributedFinetune(FinetuneConfig):
     devices: int = Field(1, ge=1, le=512, description="processes to train in (torch.distributed DDP, launched with "
                          "torchrun on this machine, gloo backend, CPU); 1: train in the pipeline's process")
 
     @model_validator(mode="after")
-    def _split(self) -> PruneFinetune:
+    def _split(self) -> DistributedFinetune:
         if self.batch_size % self.devices:
             raise ValueError(f"batch_size {self.batch_size} is the global batch: it must split evenly over "
                              f"devices {self.devices} (use a multiple of {self.devices})")
         return self
+
+
+class PruneFinetune(DistributedFinetune):
+    """Fine-tuning after pruning (the defaults of FinetuneConfig)."""
 
 
 class PruneTarget(Strict):
@@ -396,7 +400,7 @@ class PruneConfig(StageBase):
         return self
 
 
-class QatFinetune(FinetuneConfig):
+class QatFinetune(DistributedFinetune):
     """Fine-tuning with fake-quant inserted: gentler defaults than after pruning."""
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = Field(1e-4, gt=0, le=10)

@@ -237,7 +237,8 @@ def run_point(job: dict) -> dict:
         record.update(status="failed", error=exc.render(), exit_code=exc.exit_code)
     except Exception as exc:   # a backend failure: the point fails, the sweep goes on
         record.update(status="failed", error=f"{type(exc).__name__}: {first_line(exc)[:400]}", exit_code=1)
-    record["seconds"] = round(time.time() - started, 2)
+    finished = time.time()
+    record.update(seconds=round(finished - started, 2), started_at=round(started, 3), finished_at=round(finished, 3))
     return record
 
 

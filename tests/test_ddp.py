@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -158,3 +160,27 @@ def test_a_prune_stage_fine_tunes_in_two_processes_and_keeps_its_sparsity(tmp):
     weights = [v for k, v in state.items() if k.endswith("weight") and v.ndim > 1]
     zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
     assert zeros >= 0.5 - 0.01, "the masks were not re-applied after each DDP step"
+
+
+@pytest.mark.slow
+def test_a_qat_stage_fine_tunes_in_two_processes_from_nncfs_serialized_model(tmp):
+    """NNCF's fake-quant model does not pickle: the workers rebuild it (get_config / load_from_config) with the
+    calibrated ranges, train it under DDP, and the stage exports what rank 0 saved."""
+    def recipe(devices: int) -> dict:
+        r = fashion_recipe([{"type": "qat", "backend": "openvino",
+                             "finetune": {"epochs": 1, "batch_size": 32, "devices": devices, "eval_samples": 200}}])
+        r["data"]["train"] = {"path": str(ROOT / "calibration_data" / "fashion_mnist_train.npz"), "samples": 512}
+        r["data"]["eval"]["samples"] = 300
+        return r
+
+    result = compress.run(recipe(2), out=tmp / "two")
+    two = result.stages[0]
+    one = compress.run(recipe(1), out=tmp / "one").stages[0]
+    assert two["details"]["quantize_ops"] > 0 and two["details"]["finetune"][0]["metric"].startswith("top1 ")
+    # the trained weights came back from the workers: the shipped IR's weights are not the PTQ start's
+    stage_dir = result.run_dir / "stages" / "01-qat"
+    ptq = stage_dir / two["details"]["checkpoints"]["PTQ start"]["path"]
+    shipped, start = (hashlib.sha256(Path(p).with_suffix(".bin").read_bytes()).hexdigest()
+                      for p in (result.run_dir / two["artifact"]["path"], ptq))
+    assert shipped != start, "no training reached the artifact"
+    assert abs(two["metrics"]["top1"] - one["metrics"]["top1"]) <= 2.0, (two["metrics"], one["metrics"])

@@ -5,6 +5,7 @@ RecordingTensorRT stand-in (no TensorRT here): what is tested is the dispatch (p
 store, files in and out, the atomic copy back), not TensorRT."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -16,6 +17,7 @@ import numpy as np
 import onnx
 import pytest
 import yaml
+from ftp_server import ftp_server
 from ray_cluster import ray_cluster_fixture  # noqa: F401 (the fixture)
 
 from conftest import cli
@@ -49,7 +51,8 @@ def run_folder(tmp: Path) -> Path:
     return run
 
 
-def test_build_runs_on_the_node_with_the_resource_and_comes_back_intact(tmp, ray_cluster, monkeypatch):
+@pytest.mark.parametrize("store_kind", ["folder", "fsspec-url"])
+def test_build_runs_on_the_node_with_the_resource_and_comes_back_intact(tmp, ray_cluster, monkeypatch, store_kind):
     import ray
     import ray.cloudpickle
     import tensorrt_standin_build
@@ -60,15 +63,22 @@ def test_build_runs_on_the_node_with_the_resource_and_comes_back_intact(tmp, ray
     monkeypatch.setenv("HOME", str(tmp))   # as the cluster's nodes (see ray_cluster)
     for module in (tensorrt_standin_build, test_tensorrt_engine):   # the worker cannot import tests/: by value
         ray.cloudpickle.register_pickle_by_value(module)
-    run, store = run_folder(tmp), tmp / "store"
-    try:
-        result = dispatch_build(run, target_name=None, address=ray_cluster, store=str(store), runs=7,
-                                log=lambda _: None, build_fn=tensorrt_standin_build.standin_build)
-        [device] = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("jetson_orin_nano")]
-    finally:
-        ray.shutdown()
-        for module in (tensorrt_standin_build, test_tensorrt_engine):
-            ray.cloudpickle.unregister_pickle_by_value(module)
+    run = run_folder(tmp)
+    with contextlib.ExitStack() as stack:
+        if store_kind == "folder":
+            store = tmp / "store"
+            location = str(store)
+        else:   # the files go through a remote file system the nodes reach by URL (FTP on loopback, via fsspec)
+            store = tmp / "served" / "store"
+            location = stack.enter_context(ftp_server(tmp / "served")) + "/store"
+        try:
+            result = dispatch_build(run, target_name=None, address=ray_cluster, store=location, runs=7,
+                                    log=lambda _: None, build_fn=tensorrt_standin_build.standin_build)
+            [device] = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("jetson_orin_nano")]
+        finally:
+            ray.shutdown()
+            for module in (tensorrt_standin_build, test_tensorrt_engine):
+                ray.cloudpickle.unregister_pickle_by_value(module)
     assert result["ray_node"] == device and result["standin"] == "RecordingTensorRT"
     assert result["target"] == "jetson-orin-nano" and result["runs"] == 7   # the run's build.json named it
     # what the worker read arrived intact: the QDQ model and the eval data the recipe names, byte for byte

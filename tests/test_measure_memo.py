@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 import compress
+
 from conftest import fashion_recipe
 
 

@@ -197,13 +197,13 @@ def test_freezing_schedules_stop_bn_statistics_and_quantizer_ranges():
     from nncf.torch.quantization.layers import BaseQuantizer
 
     from compress.recipe import QatConfig
-    from compress.stages.qat import _freezer, _wrapped
+    from compress.stages.qat import _wrapped, freezer
 
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
                                 torch.nn.Flatten(), torch.nn.Linear(4 * 26 * 26, 10)).eval()
     qmodel = nncf.quantize(_wrapped(model), nncf.Dataset([torch.randn(1, 1, 28, 28) for _ in range(4)]), subset_size=4)
     cfg = QatConfig(type="qat", backend="openvino", fold_bn=False, freeze_bn_after=3, freeze_quantizers_after=5)
-    on_step, logged = _freezer(cfg, qmodel, print), []
+    on_step, logged = freezer(cfg, qmodel, print), []
     quant_params = [p for m in qmodel.modules() if isinstance(m, BaseQuantizer)
                     for p in m.parameters() if p.requires_grad]
     bn = next(m for m in qmodel.modules() if isinstance(m, torch.nn.BatchNorm2d))

@@ -174,7 +174,7 @@ def _to_onnx_qdq(qmodel, ctx: StageContext, path: Path, stamp: dict, nncf_model:
     return OnnxModel(path=path)
 
 
-def _freezer(cfg: QatConfig, qmodel, log):
+def freezer(cfg: QatConfig, qmodel, log):
     """Called before every optimizer step: stop BatchNorm statistics / quantizer ranges on schedule."""
     import torch
     from nncf.torch.quantization.layers import BaseQuantizer
@@ -248,6 +248,7 @@ def qat(cfg: QatConfig, artifact: TorchModel, ctx: StageContext):
         return _nothing_to_quantize(module, cfg, ctx, stamp, details, nncf_model=False)
     folded = fold_batchnorm(module) if cfg.fold_bn else []
     details["fake_quant_kernels"] = prepare_kernels(ctx.log)   # before NNCF's first fake-quant op builds them
+    fp32 = _wrapped(copy.deepcopy(module)) if cfg.finetune.devices > 1 else None   # what the workers rebuild from
     qmodel, count = _insert_fake_quant(cfg, module, ctx)
     ptq, quantizers = _export(qmodel, cfg, ctx, ctx.out_dir / "ptq", {**stamp, "checkpoint": "ptq"})
     details.update(samples=count, folded_batchnorm=len(folded), quantize_ops=quantizers)
@@ -264,9 +265,16 @@ def qat(cfg: QatConfig, artifact: TorchModel, ctx: StageContext):
 
     ctx.log(f"QAT: {cfg.finetune.epochs} epoch(s), {cfg.finetune.optimizer} lr {cfg.finetune.lr}")
     try:
-        details["finetune"] = finetune(qmodel, teacher, ctx.train, cfg.finetune, log=ctx.log, evaluate=metric_text,
-                                       where=ctx.where, threads=ctx.threads, on_step=_freezer(cfg, qmodel, ctx.log),
-                                       progress=ctx.progress, seed=ctx.resolved.seed)
+        if cfg.finetune.devices > 1:
+            from ..ddp_worker import launch
+
+            details["finetune"] = launch(qmodel, teacher, ctx.train, cfg.finetune, log=ctx.log, evaluate=metric_text,
+                                         where=ctx.where, threads=ctx.threads, masks=None, seed=ctx.resolved.seed,
+                                         nncf_from=fp32, qat=cfg)
+        else:
+            details["finetune"] = finetune(qmodel, teacher, ctx.train, cfg.finetune, log=ctx.log, evaluate=metric_text,
+                                           where=ctx.where, threads=ctx.threads, on_step=freezer(cfg, qmodel, ctx.log),
+                                           progress=ctx.progress, seed=ctx.resolved.seed)
     except TrainingDiverged as exc:
         raise keep_last_good(ctx, exc, lambda folder, epoch=exc.epoch: _export(qmodel, cfg, ctx, folder,
                                                               {**stamp, "checkpoint": f"epoch {epoch}"})[0]) from None
