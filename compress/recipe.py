@@ -218,10 +218,10 @@ class QuantizeConfig(StageBase):
     def _check(self) -> QuantizeConfig:
         if self.mode == "dynamic" and (self.accuracy_control is not None or self.sensitivity):
             raise ValueError("'accuracy_control' and 'sensitivity' apply to mode static (they rank calibrated layers)")
-        if self.backend not in ("openvino", "onnxruntime", "tensorrt") and (self.accuracy_control is not None
-                                                                             or self.sensitivity):
-            raise ValueError(f"'accuracy_control' and 'sensitivity' are offered for backends openvino, onnxruntime and "
-                             f"tensorrt; not yet for {self.backend}")
+        if self.backend not in ("openvino", "onnxruntime", "tensorrt", "executorch") and (
+                self.accuracy_control is not None or self.sensitivity):
+            raise ValueError(f"'accuracy_control' and 'sensitivity' are offered for backends openvino, onnxruntime, "
+                             f"tensorrt and executorch; not yet for {self.backend}")
         if self.mode == "dynamic":
             for key, default in (("method", None), ("samples", None), ("preset", None), ("model_type", "auto"),
                                  ("bias_correction", None)):

@@ -5,11 +5,12 @@ import importlib.util
 
 import numpy as np
 import pytest
+import torch
 
 import compress
 from compress.errors import ChainError, InputError
 
-from conftest import fashion_recipe
+from conftest import ROOT, fashion_recipe
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("executorch") is None,
                                 reason="ExecuTorch is the optional extra compress[mobile] (make install adds it)")
@@ -96,3 +97,28 @@ def test_executorch_missing_is_exit_2_naming_the_extra(tmp, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "executorch" else real(name, *a))
     with pytest.raises(InputError, match=r"stages\[0\]\.backend: ExecuTorch is not installed.*compress\[mobile\]"):
         compress.run(fashion_recipe([{"type": "quantize", "backend": "executorch"}]), out=tmp / "runs")
+
+
+@pytest.mark.slow
+def test_sensitivity_and_fallback_on_the_pte_keep_modules_out_of_xnnpacks_quantizer(tmp):
+    """Every layer ranked by the metric with only it in float, judged on the .pte itself (ExecuTorch runtime); the
+    kept layer leaves the quantizer through its filter function, so the shipped program has one INT8 layer fewer."""
+    stage = {"type": "quantize", "backend": "executorch", "samples": 64,
+             "accuracy_control": {"max_drop": 0.0001, "max_fallback_layers": 1, "metric": "cosine", "samples": 64}}
+    result = compress.run(fashion_recipe([stage]), out=tmp)
+    details = result.stages[-1]["details"]
+    rows, fb = details["sensitivity"]["rows"], details["fallback"]
+    spec = importlib.util.spec_from_file_location("fashion_cnn", ROOT / "recipes" / "models" / "fashion_cnn.py")
+    models = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(models)
+    weighted = {n for n, m in models.FashionCNN().named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+    assert {r["node"] for r in rows} == weighted and all(r["module"] == r["node"] for r in rows)
+    assert all(r["only_this_fp32"] is not None for r in rows)
+    assert fb["plain_int8"] < fb["baseline"] - 0.0001 and len(fb["steps"]) <= 2 and len(fb["kept_fp32"]) <= 1
+    assert fb["latency_ms"]["fp32"] > 0 and fb["latency_ms"]["plain_int8"] > 0
+    assert details["quantize_ops"] == details["weighted_layers"] - len(fb["kept_fp32"])
+    if fb["kept_fp32"]:
+        assert fb["metric_after"] > fb["plain_int8"]
+    assert [p.name for p in (result.run_dir / "stages" / "01-quantize").glob("*.pte")] == ["model.pte"]  # no variant left
+    gate = next(g for g in result.report["gates"] if g["gate"] == "accuracy_control")
+    assert gate["passed"] == fb["met"]

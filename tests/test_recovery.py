@@ -64,7 +64,7 @@ def test_openvino_layers_map_to_modules_even_with_batchnorm_folded():
 
 @pytest.mark.parametrize("stage, message", [
     ({"type": "quantize", "backend": "onnxruntime", "mode": "dynamic", "accuracy_control": {}}, "mode static"),
-    ({"type": "quantize", "backend": "executorch", "sensitivity": True}, "not yet for executorch"),
+    ({"type": "quantize", "backend": "torch", "sensitivity": True}, "not yet for torch"),
     ({"type": "quantize", "backend": "openvino", "accuracy_control": {"max_fallback_layers": 0}}, "budget of 0"),
 ])
 def test_accuracy_control_settings_are_checked(stage, message):

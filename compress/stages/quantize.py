@@ -485,39 +485,47 @@ def _version(distribution: str) -> str | None:
 # ---------------------------------------------------------------- ExecuTorch: PT2E with XNNPACK's quantizer
 def _quantize_pt2e(cfg: QuantizeConfig, artifact: TorchModel, ctx: StageContext) -> ExecuTorchModel:
     """torchao's PT2E flow with ExecuTorch's XNNPACKQuantizer (symmetric INT8, per-channel weights), calibrated
-    on `data.calibration`, lowered to XNNPACK; `ignore` keeps modules (by name) in FP32."""
+    on `data.calibration`, lowered to XNNPACK; `ignore` keeps modules (by name) in FP32. Sensitivity and
+    accuracy_control rank the convolutions and linear layers on the .pte itself and keep the chosen ones out of
+    the quantizer (its filter function); PT2E has no calibration cache, so each variant calibrates afresh."""
     import copy
 
-    import torch
-
-    from ..runtimes.executorch_runtime import WHERE_TIMED, export_program, lower, require
+    from ..runtimes.executorch_runtime import WHERE_TIMED, require
     from .prune import _ignored
 
     require(f"{ctx.where}.backend")
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    from torchao.quantization.pt2e.quantizer import get_module_name_filter
-
     module = copy.deepcopy(artifact.module).eval()
     if cfg.ignore:
         _ignored(module, cfg.ignore, ctx.where)   # unknown names: one clear error with the close ones
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=cfg.per_channel))
-    if cfg.ignore:
-        keep = [get_module_name_filter(name) for name in cfg.ignore]
-        quantizer.set_filter_function(lambda node: not any(f(node) for f in keep))
     count = _samples(cfg, ctx)
-    names = [s.name for s in ctx.spec.inputs]
     ctx.log(f"PT2E with XNNPACKQuantizer: calibrating on {count} samples")
-    with backend_call("PT2E quantization failed", where=ctx.where):
-        prepared = prepare_pt2e(export_program(module, ctx.spec, ctx.where).module(), quantizer)
-        with torch.no_grad():
-            for feeds in islice(ctx.calibration.samples(), count):   # one sample at a time: the export's batch
-                prepared(*[torch.from_numpy(feeds[n]) for n in names])
-        converted = convert_pt2e(prepared)
-    counts = _pt2e_counts(converted)
     path = ctx.out_dir / "model.pte"
-    ctx.log("lowering the quantized program to XNNPACK")
-    lower(torch.export.export(converted, ctx.spec.example_tensors(batch=1)), path, quantized=True, where=ctx.where)
+    counts = _pt2e_program(module, cfg, ctx, list(cfg.ignore), count, path)
+    if recovery.wanted(cfg):
+        import torch
+
+        from ..runtimes.executorch_runtime import export_program, lower
+
+        fp32 = ctx.out_dir / "fp32-variant.pte"
+        lower(export_program(module, ctx.spec, ctx.where), fp32, quantized=False, where=ctx.where)
+        layers = [name for name, m in module.named_modules()
+                  if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear))
+                  and name not in cfg.ignore]
+        counter, variants = iter(range(1_000_000)), {}
+
+        def build(exclude: list[str]) -> ExecuTorchModel:
+            dst = ctx.out_dir / f"variant{next(counter)}.pte"
+            variants[dst] = _pt2e_program(module, cfg, ctx, [*cfg.ignore, *exclude], count, dst)
+            return ExecuTorchModel(path=dst, precision="int8")
+
+        best = recovery.rank_and_fall_back(cfg, ctx, layers, {n: n for n in layers}, ExecuTorchModel(path=fp32),
+                                           ExecuTorchModel(path=path, precision="int8"), build,
+                                           "ExecuTorch XNNPACK, each variant calibrated afresh")
+        if best is not None:
+            shutil.copyfile(best.path, path)
+            counts = variants[best.path]
+        for leftover in [fp32, *ctx.out_dir.glob("variant*.pte")]:
+            leftover.unlink()
     out = ExecuTorchModel(path=path, precision="int8" if counts["weighted_int8"] else "fp32", notes=[WHERE_TIMED])
     ctx.details.update(backend="executorch", quantizer="XNNPACKQuantizer (symmetric INT8)", samples=count,
                        method="minmax" + (" (auto: XNNPACK's quantizer offers min/max observers only)"
@@ -527,6 +535,33 @@ def _quantize_pt2e(cfg: QuantizeConfig, artifact: TorchModel, ctx: StageContext)
     if not counts["weighted_int8"]:
         out.notes.append("XNNPACK's quantizer found no layer to quantize: the artifact stays FP32")
     return out
+
+
+def _pt2e_program(module, cfg: QuantizeConfig, ctx: StageContext, ignore: list[str], count: int, path: Path) -> dict:
+    """Quantize `module` with XNNPACK's quantizer, modules named in `ignore` left in float, calibrate on `count`
+    samples, lower to `path`; returns the layer counts of the converted graph."""
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import get_module_name_filter
+
+    from ..runtimes.executorch_runtime import export_program, lower
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=cfg.per_channel))
+    if ignore:
+        keep = [get_module_name_filter(name) for name in ignore]
+        quantizer.set_filter_function(lambda node: not any(f(node) for f in keep))
+    names = [s.name for s in ctx.spec.inputs]
+    with backend_call("PT2E quantization failed", where=ctx.where):
+        prepared = prepare_pt2e(export_program(module, ctx.spec, ctx.where).module(), quantizer)
+        with torch.no_grad():
+            for feeds in islice(ctx.calibration.samples(), count):   # one sample at a time: the export's batch
+                prepared(*[torch.from_numpy(feeds[n]) for n in names])
+        converted = convert_pt2e(prepared)
+    counts = _pt2e_counts(converted)
+    ctx.log(f"lowering the quantized program to XNNPACK ({path.name})")
+    lower(torch.export.export(converted, ctx.spec.example_tensors(batch=1)), path, quantized=True, where=ctx.where)
+    return counts
 
 
 def _pt2e_counts(graph_module) -> dict:

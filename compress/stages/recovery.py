@@ -200,8 +200,6 @@ def onnxruntime(cfg: QuantizeConfig, ctx: StageContext, prepared: Path, plain: P
                 quantize: Callable[[Path, list[str]], None]) -> None:
     """Sensitivity and/or fallback for an ORT QDQ model; `quantize(dst, exclude)` re-quantizes from the
     calibration cache. The chosen model replaces `plain`."""
-    judge = judge_for(cfg, ctx)
-    modules = torch_modules(ctx)
     work = plain.parent
     counter = iter(range(1_000_000))
 
@@ -210,34 +208,46 @@ def onnxruntime(cfg: QuantizeConfig, ctx: StageContext, prepared: Path, plain: P
         quantize(dst, [*cfg.ignore, *exclude])
         return OnnxModel(path=dst, precision="int8")
 
-    layers = onnx_layers(plain)
-    baseline = judge(OnnxModel(path=prepared))
-    plain_value = judge(OnnxModel(path=plain, precision="int8"))
+    best = rank_and_fall_back(cfg, ctx, onnx_layers(plain), torch_modules(ctx), OnnxModel(path=prepared),
+                              OnnxModel(path=plain, precision="int8"), build, "ORT, calibration cache reused")
+    if best is not None:
+        shutil.copyfile(best.path, plain)
+    for leftover in work.glob("variant*.onnx"):
+        leftover.unlink()
+
+
+def rank_and_fall_back(cfg: QuantizeConfig, ctx: StageContext, layers: list[str],
+                       modules: set[str] | dict[str, str | None] | None, fp32, plain,
+                       build: Callable[[list[str]], object], how: str):
+    """The backend-neutral part: judge FP32 and plain INT8 on the stage's runtime, rank `layers` when asked
+    (`sensitivity`) or needed (plain INT8 misses max_drop), then keep layers in float greedily with
+    `build(exclude)`. Records details["sensitivity"] / details["fallback"]; returns the artifact to ship
+    instead of `plain`, or None."""
+    judge = judge_for(cfg, ctx)
+    baseline = judge(fp32)
+    plain_value = judge(plain)
     ac = cfg.accuracy_control
     need_rank = ac is not None and judge.drop(baseline, plain_value) > ac.max_drop
     rows = None
     if cfg.sensitivity or need_rank:
-        ctx.log(f"sensitivity of {len(layers)} layers on {judge.samples} eval samples (ORT, calibration cache reused)")
+        ctx.log(f"sensitivity of {len(layers)} layers on {judge.samples} eval samples ({how})")
         rows = sensitivity_rows(layers, lambda kind, layer: build([n for n in layers if n != layer] if kind == "only_q"
                                                                   else [layer]), judge, modules, ctx,
                                 both=cfg.sensitivity)
         check_can_rank(rows, judge, cfg, ctx)
         record_sensitivity(ctx, judge, rows)
     if ac is None:
-        return
+        return None
     fallback = {"metric": judge.name, "max_drop": ac.max_drop, "budget": ac.max_fallback_layers, "baseline": baseline,
                 "plain_int8": plain_value, "samples": judge.samples, "steps": [], "kept_fp32": [],
                 "metric_after": plain_value, "met": not need_rank, "drop": judge.drop(baseline, plain_value),
-                "latency_ms": {"fp32": latency_ms(OnnxModel(path=prepared), ctx),
-                               "plain_int8": latency_ms(OnnxModel(path=plain, precision="int8"), ctx)}}
+                "latency_ms": {"fp32": latency_ms(fp32, ctx), "plain_int8": latency_ms(plain, ctx)}}
+    best = None
     if need_rank:
         best, result = greedy(plain_value, baseline, ranking(rows, judge), build, judge, cfg, ctx)
         fallback.update(result, drop=judge.drop(baseline, result["metric_after"]))
-        if best is not None:
-            shutil.copyfile(best.path, plain)
     ctx.details["fallback"] = fallback
-    for leftover in work.glob("variant*.onnx"):
-        leftover.unlink()
+    return best
 
 
 # ---------------------------------------------------------------- OpenVINO
