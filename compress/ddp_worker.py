@@ -99,15 +99,13 @@ def launch(module, teacher, train, cfg, *, log: Callable[[str], None], evaluate:
                              where=f"{where}.finetune.devices", hint="Use devices: 1 (train in this process).") from exc
         (folder / "modules.json").write_text(json.dumps(_user_modules()))
         per_rank = max(1, threads // cfg.devices)
-        env = {**os.environ, "OMP_NUM_THREADS": str(per_rank), "COMPRESS_DDP_THREADS": str(per_rank),
-               "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent),
-                                              *filter(None, [os.environ.get("PYTHONPATH")])])}
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.devices}",
-               "-m", "compress.ddp_worker", str(folder)]
-        log(f"fine-tuning in {cfg.devices} processes (torchrun, DDP over gloo, {per_rank} thread(s) each)"
+        where_ = f"{cfg.nodes} nodes x {cfg.devices}" if cfg.nodes > 1 else f"{cfg.devices}"
+        log(f"fine-tuning in {where_} processes (torchrun, DDP over gloo, {per_rank} thread(s) each)"
             + (f"; BatchNorm statistics re-estimated on {cfg.bn_recalibration} batches first" if cfg.bn_recalibration else ""))
-        with open(folder / "torchrun.log", "wb") as out:
-            rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+        if cfg.nodes > 1:
+            rc = _on_ray_nodes(folder, cfg, per_rank, where)
+        else:
+            rc = _torchrun(folder, ["--standalone", f"--nproc_per_node={cfg.devices}"], per_rank)
         errors = sorted(folder.glob("error-*.json"))
         if errors:
             err = json.loads(errors[0].read_text())
@@ -136,6 +134,94 @@ def launch(module, teacher, train, cfg, *, log: Callable[[str], None], evaluate:
                 f"{record['metric']}")
     module.eval()
     return history
+
+
+def _torchrun(folder: Path, args: list[str], per_rank: int) -> int:
+    """torchrun `args` -m compress.ddp_worker FOLDER on this machine, its output in FOLDER/torchrun.log."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(per_rank), "COMPRESS_DDP_THREADS": str(per_rank),
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent),
+                                          *filter(None, [os.environ.get("PYTHONPATH")])])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", *args, "-m", "compress.ddp_worker", str(folder)]
+    with open(folder / "torchrun.log", "ab") as out:
+        return subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+
+
+def _node_address() -> tuple[str, int]:
+    """This node's IP and a free port on it: where rank 0's c10d rendezvous will listen."""
+    import socket
+
+    import ray
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return ray.util.get_node_ip_address(), s.getsockname()[1]
+
+
+def _node_run(node_rank: int, files: dict[str, bytes], cfg, per_rank: int, master: tuple[str, int]) -> dict:
+    """One node's share, as a Ray task: torchrun with `devices` processes joining the others at `master`.
+    Returns its exit code and what its ranks wrote (rank 0's epochs and history, any rank's error)."""
+    folder = Path(tempfile.mkdtemp(prefix="compress-ddp-node-"))
+    try:
+        for name, data in files.items():
+            (folder / name).write_bytes(data)
+        rc = _torchrun(folder, [f"--nnodes={cfg.nodes}", f"--node_rank={node_rank}",
+                                f"--nproc_per_node={cfg.devices}", f"--master_addr={master[0]}",
+                                f"--master_port={master[1]}"], per_rank)
+        back = {p.name: p.read_bytes() for p in folder.iterdir()
+                if p.name.startswith(("epoch-", "error-", "history")) or p.name == "torchrun.log"}
+        return {"rc": rc, "files": back}
+    finally:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _on_ray_nodes(folder: Path, cfg, per_rank: int, where: str) -> int:
+    """`cfg.nodes` torchruns, one per Ray node (STRICT_SPREAD placement group, `devices` CPUs each), joined by
+    torchrun's rendezvous at the first node; what they wrote comes back into `folder`."""
+    from .executors import _import_ray, connect
+
+    ours = not _import_ray().is_initialized()   # a run inside a Ray task (a sweep point) keeps its connection
+    ray = connect(cfg.ray)
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    if sum(n["Resources"].get("CPU", 0) >= cfg.devices for n in alive) < cfg.nodes:
+        if ours:
+            ray.shutdown()
+        raise InputError(f"the Ray cluster at {cfg.ray} cannot give {cfg.nodes} different nodes {cfg.devices} CPU(s) "
+                         f"each (it has {len(alive)} alive node(s): "
+                         + ", ".join(f"{n['Resources'].get('CPU', 0):g} CPU" for n in alive) + ")",
+                         where=f"{where}.finetune.nodes", hint="Start more nodes (ray start --address ...), or "
+                         "lower nodes / devices.")
+    group = placement_group([{"CPU": cfg.devices}] * cfg.nodes, strategy="STRICT_SPREAD")
+    try:
+        ready, _ = ray.wait([group.ready()], timeout=120)
+        if not ready:
+            raise InputError(f"the Ray cluster at {cfg.ray} cannot give {cfg.nodes} different nodes {cfg.devices} CPU(s) "
+                             "within 120 s: its nodes are busy", where=f"{where}.finetune.nodes",
+                             hint="Wait for the running tasks (ray status), or lower nodes / devices.")
+
+        def on(bundle: int):
+            return {"scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=bundle),
+                    "num_cpus": cfg.devices}
+
+        master = ray.get(ray.remote(_node_address).options(**on(0)).remote())
+        files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+        task = ray.remote(_node_run)
+        results = ray.get([task.options(**on(i), max_retries=0).remote(i, files, cfg, per_rank, master)
+                           for i in range(cfg.nodes)])
+    finally:
+        remove_placement_group(group)
+        if ours:
+            ray.shutdown()
+    with open(folder / "torchrun.log", "ab") as out:
+        for i, result in enumerate(results):
+            out.write(f"--- node {i}\n".encode() + result["files"].pop("torchrun.log", b""))
+            for name, data in result["files"].items():
+                (folder / name).write_bytes(data)
+    return max((r["rc"] for r in results), key=abs)
 
 
 def _load_epoch(module, folder: Path, epoch: int) -> None:
@@ -198,7 +284,8 @@ def main(folder: Path) -> None:
             "where": payload["where"], "hint": None, "exit_code": 1, "epoch": None}))
         raise
     if rank0:
-        (folder / "history.json").write_text(json.dumps([{k: r[k] for k in ("epoch", "loss")} for r in history]))
+        (folder / "history.json").write_text(json.dumps([{"epoch": r["epoch"], "loss": r["loss"], "processes": group.world}
+                                                          for r in history]))
     import torch.distributed as dist
 
     dist.destroy_process_group()

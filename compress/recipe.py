@@ -337,15 +337,25 @@ class FinetuneConfig(Strict):
 
 
 class DistributedFinetune(FinetuneConfig):
-    devices: int = Field(1, ge=1, le=512, description="processes to train in (torch.distributed DDP, launched with "
-                         "torchrun on this machine, gloo backend, CPU); 1: train in the pipeline's process")
+    devices: int = Field(1, ge=1, le=512, description="processes to train in on each node (torch.distributed DDP, "
+                         "launched with torchrun, gloo backend, CPU); 1 with nodes 1: train in the pipeline's process")
+    nodes: int = Field(1, ge=1, le=64, description="machines to train on, `devices` processes each: Ray places one "
+                       "torchrun per node (a STRICT_SPREAD placement group) and torchrun's c10d rendezvous joins them "
+                       "(needs compress[ray] and a Ray cluster whose nodes see the recipe's files at the same paths)")
+    ray: str = Field("auto", description="with nodes > 1: the Ray cluster, auto (ray start on this machine), "
+                     "host:port or ray://host:port")
 
     @model_validator(mode="after")
     def _split(self) -> DistributedFinetune:
-        if self.batch_size % self.devices:
+        world = self.devices * self.nodes
+        if self.batch_size % world:
             raise ValueError(f"batch_size {self.batch_size} is the global batch: it must split evenly over "
-                             f"devices {self.devices} (use a multiple of {self.devices})")
+                             f"devices x nodes = {world} processes (use a multiple of {world})")
         return self
+
+    @property
+    def distributed(self) -> bool:
+        return self.devices * self.nodes > 1
 
 
 class PruneFinetune(DistributedFinetune):

@@ -122,8 +122,10 @@ def test_an_error_in_the_workers_is_one_clear_error():
 
 
 @pytest.mark.parametrize("finetune, message", [({"devices": 0}, "devices: Input should be greater than or equal to 1"),
-                                               ({"devices": 3, "batch_size": 64}, "split evenly over devices 3"),
-                                               ({"nodes": 2}, "unknown key")])
+                                               ({"devices": 3, "batch_size": 64}, "devices x nodes = 3"),
+                                               ({"devices": 2, "nodes": 3, "batch_size": 64}, "devices x nodes = 6"),
+                                               ({"nodes": 0}, "nodes: Input should be greater than or equal to 1"),
+                                               ({"gpus": 2}, "unknown key")])
 def test_bad_devices_are_recipe_errors(finetune, message):
     recipe = fashion_recipe([{"type": "prune", "ratio": 0.3, "finetune": finetune}])
     recipe["data"]["train"] = {"path": str(ROOT / "calibration_data" / "fashion_mnist_train.npz")}

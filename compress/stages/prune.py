@@ -450,7 +450,7 @@ def prune(cfg: PruneConfig, artifact: TorchModel, ctx: StageContext) -> TorchMod
         if cfg.method != "channel":  # keep pruned weights at zero while training
             mask = {n: (m.weight != 0) for n, m in _weights(module, set(cfg.ignore))}
         try:
-            if cfg.finetune.devices > 1:
+            if cfg.finetune.distributed:
                 from ..ddp_worker import launch
 
                 details["finetune"] = launch(module, teacher, ctx.train, cfg.finetune, log=ctx.log, evaluate=metric_text,

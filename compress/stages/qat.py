@@ -248,7 +248,7 @@ def qat(cfg: QatConfig, artifact: TorchModel, ctx: StageContext):
         return _nothing_to_quantize(module, cfg, ctx, stamp, details, nncf_model=False)
     folded = fold_batchnorm(module) if cfg.fold_bn else []
     details["fake_quant_kernels"] = prepare_kernels(ctx.log)   # before NNCF's first fake-quant op builds them
-    fp32 = _wrapped(copy.deepcopy(module)) if cfg.finetune.devices > 1 else None   # what the workers rebuild from
+    fp32 = _wrapped(copy.deepcopy(module)) if cfg.finetune.distributed else None   # what the workers rebuild from
     qmodel, count = _insert_fake_quant(cfg, module, ctx)
     ptq, quantizers = _export(qmodel, cfg, ctx, ctx.out_dir / "ptq", {**stamp, "checkpoint": "ptq"})
     details.update(samples=count, folded_batchnorm=len(folded), quantize_ops=quantizers)
@@ -265,7 +265,7 @@ def qat(cfg: QatConfig, artifact: TorchModel, ctx: StageContext):
 
     ctx.log(f"QAT: {cfg.finetune.epochs} epoch(s), {cfg.finetune.optimizer} lr {cfg.finetune.lr}")
     try:
-        if cfg.finetune.devices > 1:
+        if cfg.finetune.distributed:
             from ..ddp_worker import launch
 
             details["finetune"] = launch(qmodel, teacher, ctx.train, cfg.finetune, log=ctx.log, evaluate=metric_text,
