@@ -7,6 +7,10 @@ DistributedSampler shard of the training data with batch_size / N samples per st
 batch as one process), and runs `compress.train.finetune`; rank 0 saves the weights after every epoch.
 The parent loads them back, measuring the metric of each epoch itself. A failing rank writes its error;
 the parent raises one error (no traceback) and, as the stage raises, writes no artifact.
+
+With `nodes: M` the same folder travels to M Ray nodes (one task each, a STRICT_SPREAD placement group),
+each runs `torchrun --nnodes M --node_rank i` against the first node's address, and what the ranks wrote
+(rank 0's epochs and history, any rank's error) comes back into the folder, so the rest is the same.
 """
 from __future__ import annotations
 
