@@ -42,16 +42,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--width", type=int, default=16, help="stem channels; the blocks scale with it")
     ap.add_argument("--head", type=int, default=256, help="channels of the last 1x1 convolution")
+    ap.add_argument("--hidden", type=int, default=0, help="a hidden Linear layer in the classifier, as torchvision's "
+                    "MobileNetV3 has (0: none)")
+    ap.add_argument("--data", choices=["train", "train_full"], default="train",
+                    help="the shipped 20,000-image subset, or all 60,000 training images")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     out = args.out or DATA / f"fashion_mobile{args.arch}.pt"
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    with np.load(DATA / "fashion_mnist_train.npz") as f:
+    with np.load(DATA / f"fashion_mnist_{args.data}.npz") as f:
         x_train, y_train = f["x"], f["y"]
     with np.load(DATA / "fashion_mnist_eval.npz") as f:
         x_eval, y_eval = f["x"], f["y"]
-    model = model_class(args.arch)(width=args.width, head=args.head)
+    model = model_class(args.arch)(width=args.width, head=args.head, hidden=args.hidden)
     depthwise = [p for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1
                  for p in m.parameters()]
     ids = {id(p) for p in depthwise}

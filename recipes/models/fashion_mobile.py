@@ -64,7 +64,8 @@ class _Mobile(nn.Module):
     BLOCKS: tuple[tuple[int, int, int, int, bool], ...] = ()
     ACT: type = nn.ReLU6
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16, head: int = 256):
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16, head: int = 256,
+                 hidden: int = 0):
         super().__init__()
         act = self.ACT
         self.stem = _conv_bn(in_channels, width, 3, stride=2, act=act)
@@ -76,7 +77,11 @@ class _Mobile(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.head = _conv_bn(cin, head, 1, act=act)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(head, num_classes)
+        if hidden:   # torchvision's MobileNetV3 classifier: Linear -> activation -> Dropout -> Linear
+            self.classifier = nn.Sequential(nn.Linear(head, hidden), act(), nn.Dropout(0.2),
+                                            nn.Linear(hidden, num_classes))
+        else:
+            self.classifier = nn.Linear(head, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.head(self.blocks(self.stem(x)))
