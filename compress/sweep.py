@@ -14,8 +14,9 @@
 The points are the product of the axes. They run through one folder of runs, so they share its
 stage cache (`runs/.cache`, content-addressed): a prefix of stages common to several points runs
 once, and a validation an earlier point made of the same artifact on the same data, settings and
-machine is reused, marked as such (compress/measure_memo.py). A point is `compress.run(<base with the point's values>)`; a point that fails (an invalid
-combination, a backend error) is recorded and the sweep goes on. The sweep folder holds one
+machine is reused, marked as such (compress/measure_memo.py). A point is
+`compress.run(<base with the point's values>)`; a point that fails (an invalid combination, a backend
+error) is recorded and the sweep goes on. The sweep folder holds one
 `points/<key>.json` per finished point, so `--resume` skips them; the report (sweep.json, sweep.md,
 sweep.html) and `recommended.yaml` are written at the end.
 """
