@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -134,7 +135,7 @@ def launch(module, teacher, train, cfg, *, log: Callable[[str], None], evaluate:
         for record in history:   # the metric of every epoch, measured here on the weights rank 0 saved
             _load_epoch(module, folder, record["epoch"])
             record["metric"] = evaluate(module)
-            log(f"fine-tune epoch {record['epoch']}/{cfg.epochs} ({cfg.devices} processes): loss {record['loss']:.4f}, "
+            log(f"fine-tune epoch {record['epoch']}/{cfg.epochs} ({record['processes']} processes): loss {record['loss']:.4f}, "
                 f"{record['metric']}")
     module.eval()
     return history
@@ -175,8 +176,6 @@ def _node_run(node_rank: int, files: dict[str, bytes], cfg, per_rank: int, maste
                 if p.name.startswith(("epoch-", "error-", "history")) or p.name == "torchrun.log"}
         return {"rc": rc, "files": back}
     finally:
-        import shutil
-
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -190,17 +189,16 @@ def _on_ray_nodes(folder: Path, cfg, per_rank: int, where: str) -> int:
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    alive = [n for n in ray.nodes() if n.get("Alive")]
-    if sum(n["Resources"].get("CPU", 0) >= cfg.devices for n in alive) < cfg.nodes:
-        if ours:
-            ray.shutdown()
-        raise InputError(f"the Ray cluster at {cfg.ray} cannot give {cfg.nodes} different nodes {cfg.devices} CPU(s) "
-                         f"each (it has {len(alive)} alive node(s): "
-                         + ", ".join(f"{n['Resources'].get('CPU', 0):g} CPU" for n in alive) + ")",
-                         where=f"{where}.finetune.nodes", hint="Start more nodes (ray start --address ...), or "
-                         "lower nodes / devices.")
-    group = placement_group([{"CPU": cfg.devices}] * cfg.nodes, strategy="STRICT_SPREAD")
+    group = None
     try:
+        alive = [n for n in ray.nodes() if n.get("Alive")]
+        if sum(n["Resources"].get("CPU", 0) >= cfg.devices for n in alive) < cfg.nodes:
+            raise InputError(f"the Ray cluster at {cfg.ray} cannot give {cfg.nodes} different nodes {cfg.devices} "
+                             f"CPU(s) each (it has {len(alive)} alive node(s): "
+                             + ", ".join(f"{n['Resources'].get('CPU', 0):g} CPU" for n in alive) + ")",
+                             where=f"{where}.finetune.nodes", hint="Start more nodes (ray start --address ...), or "
+                             "lower nodes / devices.")
+        group = placement_group([{"CPU": cfg.devices}] * cfg.nodes, strategy="STRICT_SPREAD")
         ready, _ = ray.wait([group.ready()], timeout=120)
         if not ready:
             raise InputError(f"the Ray cluster at {cfg.ray} cannot give {cfg.nodes} different nodes {cfg.devices} CPU(s) "
@@ -217,7 +215,8 @@ def _on_ray_nodes(folder: Path, cfg, per_rank: int, where: str) -> int:
         results = ray.get([task.options(**on(i), max_retries=0).remote(i, files, cfg, per_rank, master)
                            for i in range(cfg.nodes)])
     finally:
-        remove_placement_group(group)
+        if group is not None:
+            remove_placement_group(group)
         if ours:
             ray.shutdown()
     with open(folder / "torchrun.log", "ab") as out:

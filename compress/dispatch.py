@@ -87,18 +87,6 @@ class Store:
             raise InputError(f"{entry} does not match its digest: the shared store is corrupt", where=str(dest))
 
 
-def open_store(location: str) -> Store:
-    return Store(location)
-
-
-def put(store: Store, path: Path) -> str:
-    return store.put(path)
-
-
-def get(store: Store, digest: str, dest: Path) -> None:
-    store.get(digest, dest)
-
-
 # ---------------------------------------------------------------- what the build reads
 def _bundle(run_dir: Path) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
     """{relative path in the run folder: absolute path here} for the run's files, {'<recipe field>/<name>':
@@ -136,7 +124,7 @@ def _bundle(run_dir: Path) -> tuple[dict[str, str], dict[str, str], dict[str, st
 
 
 def _put_all(root: Store, files: dict[str, str]) -> dict[str, str]:
-    return {name: put(root, Path(path)) for name, path in files.items() if Path(path).is_file()}
+    return {name: root.put(Path(path)) for name, path in files.items() if Path(path).is_file()}
 
 
 # ---------------------------------------------------------------- on the device's node
@@ -146,15 +134,15 @@ def on_device(store: str, run_files: dict[str, str], named: dict[str, str], poin
     import ray
     import yaml
 
-    root = open_store(store)
+    root = Store(store)
     work = Path(tempfile.mkdtemp(prefix="compress-build-"))
     try:
         run_dir, data = work / "run", work / "data"
         for name, digest in run_files.items():
-            get(root, digest, run_dir / name)
+            root.get(digest, run_dir / name)
         recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
         for field, digest in named.items():   # files the recipe names: copied here, the recipe pointed at them
-            get(root, digest, data / field)
+            root.get(digest, data / field)
         for field, rel in pointers.items():
             *parents, key = field.split(".")
             node = recipe
@@ -168,7 +156,7 @@ def on_device(store: str, run_files: dict[str, str], named: dict[str, str], poin
             from .build import build as build_fn
         result = build_fn(run_dir, target_name=target, runs=runs, log=print)
         folder = Path(result["folder"])
-        result["files"] = {p.name: put(root, p) for p in sorted(folder.iterdir()) if p.is_file()}
+        result["files"] = {p.name: root.put(p) for p in sorted(folder.iterdir()) if p.is_file()}
         result["ray_node"] = ray.get_runtime_context().get_node_id()
         result["folder"] = None
         return result
@@ -192,7 +180,7 @@ def dispatch_build(run_dir: Path, *, target_name: str | None, address: str, stor
         raise InputError(f"target {target.name} names no Ray resource (`resources:` in its YAML), so there is no "
                          "device node to send the build to", where="--target",
                          hint="Add e.g. resources: {my_gpu_box: 1} and start that node with ray start --resources.")
-    root = open_store(store)
+    root = Store(store)
     run_files, named, pointers = _bundle(run_dir)
     ray = connect(address, timeout=connect_timeout)
     why = missing_resources(ray, {"num_cpus": 1, "resources": target.resources})
@@ -216,6 +204,6 @@ def dispatch_build(run_dir: Path, *, target_name: str | None, address: str, stor
     folder.parent.mkdir(exist_ok=True)
     with atomic_dir(folder) as tmp:
         for file, digest in result["files"].items():
-            get(root, digest, tmp / file)
+            root.get(digest, tmp / file)
     result["folder"] = str(folder)
     return result
