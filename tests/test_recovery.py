@@ -152,6 +152,8 @@ def test_tensorrt_fallback_keeps_modelopt_layers_in_float(tmp):
     assert fb["plain_int8"] < fb["baseline"] - 0.0001 and len(rows) >= 3          # every weighted layer ranked
     assert len(fb["kept_fp32"]) <= 1 and len(fb["steps"]) <= 2
     assert all(check["passed"] is not False for check in details["tensorrt_checks"])   # still TensorRT-ready QDQ
+    assert fb["measured"] == details["sensitivity"]["measured"] == "emulated (ONNX Runtime CPU), not the engine"
+    assert "emulated (ONNX Runtime CPU), not the engine" in (result.run_dir / "report.md").read_text()
     graph = onnx.load(str(result.run_dir / result.report["final_artifact"]["path"])).graph
     dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     for name in fb["kept_fp32"]:                    # a kept layer reads no dequantized tensor: it runs in float

@@ -394,7 +394,7 @@ def _quantize_modelopt(cfg: QuantizeConfig, artifact, ctx: StageContext) -> Tens
                          hint="Install the extra: pip install 'compress[tensorrt]' (never nvidia-modelopt[onnx]: it "
                               "replaces onnxruntime).")
     from ..convert import torch_to_onnx
-    from ..runtimes.tensorrt_runtime import checks
+    from ..runtimes.tensorrt_runtime import EMULATED, checks
 
     work = ctx.out_dir / "work"
     work.mkdir()
@@ -451,7 +451,7 @@ def _quantize_modelopt(cfg: QuantizeConfig, artifact, ctx: StageContext) -> Tens
             folder.mkdir()
             build({"calibration": method}, folder, exclude).path.rename(dst)
 
-        recovery.onnxruntime(cfg, ctx, source, path, variant)
+        recovery.onnxruntime(cfg, ctx, source, path, variant, measured=EMULATED)
     shutil.rmtree(work)
     stamp_onnx(path, ctx.details.get("stamp", {}))
     out = TensorRTQDQModel(path=path, precision="int8")
@@ -520,7 +520,7 @@ def _quantize_pt2e(cfg: QuantizeConfig, artifact: TorchModel, ctx: StageContext)
 
         best = recovery.rank_and_fall_back(cfg, ctx, layers, {n: n for n in layers}, ExecuTorchModel(path=fp32),
                                            ExecuTorchModel(path=path, precision="int8"), build,
-                                           "ExecuTorch XNNPACK, each variant calibrated afresh")
+                                           "ExecuTorch XNNPACK, each variant calibrated afresh", WHERE_TIMED)
         if best is not None:
             shutil.copyfile(best.path, path)
             counts = variants[best.path]

@@ -197,9 +197,10 @@ def onnx_node_names(path: Path) -> list[str]:
 
 
 def onnxruntime(cfg: QuantizeConfig, ctx: StageContext, prepared: Path, plain: Path,
-                quantize: Callable[[Path, list[str]], None]) -> None:
+                quantize: Callable[[Path, list[str]], None], measured: str | None = None) -> None:
     """Sensitivity and/or fallback for an ORT QDQ model; `quantize(dst, exclude)` re-quantizes from the
-    calibration cache. The chosen model replaces `plain`."""
+    calibration cache. The chosen model replaces `plain`. `measured` labels figures not taken on the runtime
+    the model ships to (TensorRT QDQ emulated on ONNX Runtime CPU)."""
     work = plain.parent
     counter = iter(range(1_000_000))
 
@@ -209,7 +210,8 @@ def onnxruntime(cfg: QuantizeConfig, ctx: StageContext, prepared: Path, plain: P
         return OnnxModel(path=dst, precision="int8")
 
     best = rank_and_fall_back(cfg, ctx, onnx_layers(plain), torch_modules(ctx), OnnxModel(path=prepared),
-                              OnnxModel(path=plain, precision="int8"), build, "ORT, calibration cache reused")
+                              OnnxModel(path=plain, precision="int8"), build, "ORT, calibration cache reused",
+                              measured)
     if best is not None:
         shutil.copyfile(best.path, plain)
     for leftover in work.glob("variant*.onnx"):
@@ -218,11 +220,11 @@ def onnxruntime(cfg: QuantizeConfig, ctx: StageContext, prepared: Path, plain: P
 
 def rank_and_fall_back(cfg: QuantizeConfig, ctx: StageContext, layers: list[str],
                        modules: set[str] | dict[str, str | None] | None, fp32, plain,
-                       build: Callable[[list[str]], object], how: str):
+                       build: Callable[[list[str]], object], how: str, measured: str | None = None):
     """The backend-neutral part: judge FP32 and plain INT8 on the stage's runtime, rank `layers` when asked
     (`sensitivity`) or needed (plain INT8 misses max_drop), then keep layers in float greedily with
-    `build(exclude)`. Records details["sensitivity"] / details["fallback"]; returns the artifact to ship
-    instead of `plain`, or None."""
+    `build(exclude)`. Records details["sensitivity"] / details["fallback"], labelled with `measured` where
+    the figures are not the shipping runtime's own; returns the artifact to ship instead of `plain`, or None."""
     judge = judge_for(cfg, ctx)
     baseline = judge(fp32)
     plain_value = judge(plain)
@@ -236,12 +238,16 @@ def rank_and_fall_back(cfg: QuantizeConfig, ctx: StageContext, layers: list[str]
                                 both=cfg.sensitivity)
         check_can_rank(rows, judge, cfg, ctx)
         record_sensitivity(ctx, judge, rows)
+        if measured:
+            ctx.details["sensitivity"]["measured"] = measured
     if ac is None:
         return None
     fallback = {"metric": judge.name, "max_drop": ac.max_drop, "budget": ac.max_fallback_layers, "baseline": baseline,
                 "plain_int8": plain_value, "samples": judge.samples, "steps": [], "kept_fp32": [],
                 "metric_after": plain_value, "met": not need_rank, "drop": judge.drop(baseline, plain_value),
                 "latency_ms": {"fp32": latency_ms(fp32, ctx), "plain_int8": latency_ms(plain, ctx)}}
+    if measured:
+        fallback["measured"] = measured
     best = None
     if need_rank:
         best, result = greedy(plain_value, baseline, ranking(rows, judge), build, judge, cfg, ctx)
@@ -494,6 +500,8 @@ def notes(record: dict) -> list[str]:
             f"{'met' if fb['met'] else 'NOT met'}); {_spent(fb)} kept in float: {kept}")
     if lat.get("fp32") and lat.get("plain_int8"):
         line += f"; p50 FP32 {lat['fp32']:.3f} ms, plain INT8 {lat['plain_int8']:.3f} ms"
+    if fb.get("measured"):
+        line += f" ({fb['measured']})"
     return [line]
 
 
@@ -511,14 +519,16 @@ def sections(record: dict) -> list[str]:
     lines: list[str] = []
     fb = record["details"].get("fallback")
     if fb and fb["steps"]:
-        lines += [f"### Fallback steps ({record['name']})", "", f"| layer | module | {fb['metric']} | p50 ms | kept |",
+        measured = f"; {fb['measured']}" if fb.get("measured") else ""
+        lines += [f"### Fallback steps ({record['name']}{measured})", "", f"| layer | module | {fb['metric']} | p50 ms | kept |",
                   "|---|---|---|---|---|"]
         lines += [f"| {s['node']} | {s.get('module') or '–'} | {_num(s['metric'])} | {_num(s['latency_ms'])} | "
                   f"{'yes' if s.get('kept', True) else 'no'} |" for s in fb["steps"]]
         lines.append("")
     sens = record["details"].get("sensitivity")
     if sens:
-        lines += [f"### Sensitivity ({record['name']}, {sens['metric']} on {sens['samples']} eval samples)", "",
+        measured = f"; {sens['measured']}" if sens.get("measured") else ""
+        lines += [f"### Sensitivity ({record['name']}, {sens['metric']} on {sens['samples']} eval samples{measured})", "",
                   "| rank | layer | module | only this INT8 | only this float |", "|---|---|---|---|---|"]
         for i, row in enumerate(sens["rows"], 1):
             lines.append(f"| {i} | {row['node']} | {row['module'] or '–'} | {_num(row['only_this_quantized'])} | "
