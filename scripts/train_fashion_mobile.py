@@ -30,12 +30,14 @@ def model_class(arch: str):
     spec = importlib.util.spec_from_file_location("fashion_mobile", ROOT / "recipes" / "models" / "fashion_mobile.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    if arch.startswith("tv-"):   # torchvision's own architecture, image resized inside the model
+        return lambda **kw: mod.FashionTorchvision(arch[3:], size=kw["size"], width_mult=kw["width_mult"])
     return {"v2": mod.FashionMobileV2, "v3": mod.FashionMobileV3}[arch]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", choices=["v2", "v3"], required=True)
+    ap.add_argument("--arch", choices=["v2", "v3", "tv-mobilenet_v2", "tv-mobilenet_v3_small"], required=True)
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--lr", type=float, default=4e-3)
     ap.add_argument("--batch-size", type=int, default=128)
@@ -44,6 +46,8 @@ def main() -> None:
     ap.add_argument("--head", type=int, default=256, help="channels of the last 1x1 convolution")
     ap.add_argument("--hidden", type=int, default=0, help="a hidden Linear layer in the classifier, as torchvision's "
                     "MobileNetV3 has (0: none)")
+    ap.add_argument("--size", type=int, default=64, help="tv-*: the size the model resizes its input to")
+    ap.add_argument("--width-mult", type=float, default=1.0, help="tv-*: torchvision's width multiplier")
     ap.add_argument("--data", choices=["train", "train_full"], default="train",
                     help="the shipped 20,000-image subset, or all 60,000 training images")
     ap.add_argument("--out", type=Path)
@@ -55,7 +59,10 @@ def main() -> None:
         x_train, y_train = f["x"], f["y"]
     with np.load(DATA / "fashion_mnist_eval.npz") as f:
         x_eval, y_eval = f["x"], f["y"]
-    model = model_class(args.arch)(width=args.width, head=args.head, hidden=args.hidden)
+    if args.arch.startswith("tv-"):
+        model = model_class(args.arch)(size=args.size, width_mult=args.width_mult)
+    else:
+        model = model_class(args.arch)(width=args.width, head=args.head, hidden=args.hidden)
     depthwise = [p for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1
                  for p in m.parameters()]
     ids = {id(p) for p in depthwise}

@@ -425,7 +425,10 @@ def openvino_accuracy_control(cfg: QuantizeConfig, ctx: StageContext, model, cal
     if metric == "top1" and not ctx.eval.has_labels:
         raise InputError("accuracy_control.metric top1 needs labels in the eval data",
                          where=f"{ctx.where}.accuracy_control.metric", hint="Use top1_agreement or cosine.")
-    fp32_compiled = core().compile_model(model, "CPU")
+    # f32 as the runtime (open_openvino) and NNCF's own evaluator compile: the CPU plugin's default runs FP32 in BF16
+    # where the CPU has it, which made the reference outputs BF16 and hid a real drop from the restorer
+    f32 = {"INFERENCE_PRECISION_HINT": "f32"}
+    fp32_compiled = core().compile_model(model, "CPU", f32)
     items = _items(ctx, judge.samples, lambda inputs: fp32_compiled(inputs)[0][0])
     sign = 1.0 if judge.higher else -1.0
 
@@ -463,9 +466,9 @@ def openvino_accuracy_control(cfg: QuantizeConfig, ctx: StageContext, model, cal
     modules = torch_modules(ctx)
     plain_xml = next(iter(sorted(plain_dir.glob("*.xml"))), None)
     plain_model = OpenVinoModel(path=plain_xml, precision="int8") if plain_xml else None
-    compiled = core().compile_model(quantized, "CPU")
+    compiled = core().compile_model(quantized, "CPU", f32)
     after = validate(compiled, items) * sign
-    plain_value = validate(core().compile_model(str(plain_xml), "CPU"), items) * sign if plain_xml else None
+    plain_value = validate(core().compile_model(str(plain_xml), "CPU", f32), items) * sign if plain_xml else None
     final_path = work / "final.xml"
     ov.save_model(quantized, str(final_path), compress_to_fp16=False)
     tried = [name for group in listener.reverted for name in group]

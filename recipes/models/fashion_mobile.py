@@ -100,3 +100,24 @@ class FashionMobileV3(_Mobile):
     BLOCKS = ((16, 1, 1, 3, True), (24, 1, 4, 3, False), (24, 1, 3, 3, False), (40, 2, 3, 5, True),
               (40, 1, 3, 5, True), (48, 1, 3, 5, True), (48, 1, 3, 5, True))
     ACT = nn.Hardswish
+
+
+class FashionTorchvision(nn.Module):
+    """torchvision's own MobileNetV2 / MobileNetV3-Small (unchanged blocks, classifier to `num_classes`) for
+    1x28x28 images: the image is resized to `size` x `size` inside the model (bilinear) and the stem reads one
+    channel. The real architectures at a size their stride-32 feature maps can use, trainable on two cores."""
+
+    def __init__(self, arch: str = "mobilenet_v3_small", num_classes: int = 10, size: int = 64,
+                 width_mult: float = 1.0):
+        super().__init__()
+        import torchvision
+
+        self.size = size
+        self.net = getattr(torchvision.models, arch)(num_classes=num_classes, width_mult=width_mult)
+        stem = self.net.features[0][0]
+        self.net.features[0][0] = nn.Conv2d(1, stem.out_channels, stem.kernel_size, stem.stride, stem.padding,
+                                            bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return self.net(x)
