@@ -11,11 +11,12 @@ samples, the layers kept in float (with their PyTorch modules), the p50 latencie
 final model (timed the same way, one after the other, at `--batch`) and how much of plain INT8's speed-up the
 final model keeps.
 
-    .venv/bin/python benchmarks/bench_recovery.py [--models trained-mobilenet_v2 mobilenet_v3_small] [--batch 16]
+    .venv/bin/python benchmarks/bench_recovery.py [--models trained-mobilenet_v2 mobilenet_v3_small] [--batches 1 16]
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -68,29 +69,55 @@ def main() -> None:
     parser.add_argument("--runtimes", nargs="+", default=["openvino", "onnxruntime"])
     parser.add_argument("--eval", type=int, default=100, help="eval images (ranking and the drop check)")
     parser.add_argument("--budget", type=int, default=6)
-    parser.add_argument("--batch", type=int, default=1, help="latency batch")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="latency batches (timed alike)")
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds of FP32, plain INT8, final")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="compress-recovery-"))
     info = machine_info()
     print(f"machine: {info.get('cpu')}, ISA {info.get('isa')}")
     for name in args.models:
         for runtime in args.runtimes:
-            r = (trained_recipe(name, runtime, args.budget, args.batch) if name.startswith("trained-")
-                 else recipe(name, runtime, args.eval, args.budget, args.batch))
+            r = (trained_recipe(name, runtime, args.budget, args.batches[0]) if name.startswith("trained-")
+                 else recipe(name, runtime, args.eval, args.budget, args.batches[0]))
             result = compress.run(r, out=work)
             stage = result.stages[-1]
             fb = stage["details"]["fallback"]
-            lat = fb["latency_ms"]
             kept = ", ".join(f"{s['node']} ({s['module']})" for s in fb["steps"] if s.get("kept", True)) or "none"
-            timed = [s["latency_ms"] for s in fb["steps"] if s.get("kept", True) and s.get("latency_ms")]
-            final = timed[-1] if timed else lat["plain_int8"]   # the shipped model, timed as FP32 and plain INT8 were
-            gain, kept_gain = lat["fp32"] / lat["plain_int8"], lat["fp32"] / final
+            plain_recipe = dict(r, name=r["name"] + "-plain", stages=[dict(st) for st in r["stages"]])
+            plain_recipe["stages"][-1].pop("accuracy_control")
+            plain = compress.run(plain_recipe, out=work)
+            files = {"fp32": baseline_file(result, runtime), "plain INT8": artifact_file(plain),
+                     "final": artifact_file(result)}
+            timings = []
+            for batch in args.batches:
+                p50, gain = interleaved(files, batch, args.rounds)
+                share = 100 * (gain["final"] - 1) / (gain["plain INT8"] - 1) if gain["plain INT8"] > 1 else float("nan")
+                timings.append(f"batch {batch}: FP32 {p50['fp32']:.3f}, plain INT8 {p50['plain INT8']:.3f} "
+                               f"({gain['plain INT8']:.2f}x), final {p50['final']:.3f} ({gain['final']:.2f}x, "
+                               f"{share:.0f}% of the plain INT8 speed-up)")
             print(f"{name} on {runtime}: top-1 agreement FP32 {fb['baseline']:.2f}, plain INT8 {fb['plain_int8']:.2f}, "
                   f"with fallback {fb['metric_after']:.2f} ({'met' if fb['met'] else 'not met'}, max drop "
-                  f"{fb['max_drop']}, {fb['samples']} images); kept in float: {kept}; p50 ms at batch {args.batch}: "
-                  f"FP32 {lat['fp32']:.3f}, plain INT8 {lat['plain_int8']:.3f} ({gain:.2f}x), final {final:.3f} "
-                  f"({kept_gain:.2f}x, {100 * (kept_gain - 1) / (gain - 1) if gain > 1 else float('nan'):.0f}% of the "
-                  f"plain INT8 speed-up)", flush=True)
+                  f"{fb['max_drop']}, {fb['samples']} images); kept in float: {kept}; p50 ms, median of "
+                  f"{args.rounds} interleaved rounds, {'; '.join(timings)}", flush=True)
+
+def artifact_file(result) -> Path:
+    return result.run_dir / result.stages[-1]["artifact"]["path"]
+
+
+def baseline_file(result, runtime: str) -> Path:
+    return result.run_dir / result.report["baselines"][runtime]["artifact"]["path"]
+
+
+def interleaved(files: dict[str, Path], batch: int, rounds: int) -> tuple[dict[str, float], dict[str, float]]:
+    """p50 of every file in `rounds` rounds, the files one after the other in each (fresh session each time):
+    the median p50 per file, and the median per-round speed-up over the first file."""
+    p50: dict[str, list[float]] = {k: [] for k in files}
+    for _ in range(rounds):
+        for label, path in files.items():
+            p50[label].append(compress.bench(path, threads=2, batch=batch, warmup=10, runs=100)["latency"]["p50_ms"])
+    first = next(iter(files))
+    gains = {k: statistics.median(a / b for a, b in zip(p50[first], v)) for k, v in p50.items()}
+    return {k: statistics.median(v) for k, v in p50.items()}, gains
 
 
 if __name__ == "__main__":
