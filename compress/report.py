@@ -242,8 +242,12 @@ def _stage_parts(stage: dict, reference: float | None) -> list[str]:
             html.figure(html.steps(labels, [fb.get("plain_int8")] + [s.get("metric") for s in steps],
                                    title="metric after each layer put back to FP32", ylabel=str(fb.get("metric")),
                                    hlines={"FP32 baseline": fb.get("baseline"), "allowed minimum": budget})),
-            html.table([("node", "layer kept in FP32"), ("module", "module"), ("metric", fb.get("metric") or "metric"),
-                        ("latency_ms", "p50 ms")], steps, left={"node", "module"})))
+            html.table([("node", "layer tried in FP32"), ("module", "module"), ("outcome", "outcome"),
+                        ("metric", fb.get("metric") or "metric"), ("latency_ms", "p50 ms")],
+                       [dict(s, outcome="kept in FP32" if s.get("kept", True) else "back to INT8",
+                             latency_ms=None if s.get("latency_ms") is None else f"{s['latency_ms']:.3f}")
+                        for s in steps],
+                       left={"node", "module", "outcome"})))
     if d.get("layer_trace"):
         parts.append(html.section(f"Layer trace ({name})", *_layer_parts(d["layer_trace"], "from the stage")))
     return parts

@@ -195,6 +195,8 @@ def test_accuracy_control_recipe_recovers_a_trained_mobilenet_v2(runtime, tmp, m
         module = _mobile_tv()
         names = {n for n, _ in module.named_modules() if n}
         assert all(s["module"] in names for s in fb["steps"] if s["kept"] and s["module"]), fb["steps"]
+        page = (result.run_dir / "report.html").read_text()   # each layer tried, with what became of it
+        assert "layer tried in FP32" in page and page.count("kept in FP32") >= len(fb["kept_fp32"])
     if runtime == "openvino":
         assert recording.configs and all("INFERENCE_PRECISION_HINT" in c for c in recording.configs), recording.configs
 
