@@ -24,11 +24,6 @@ from .cache import file_digest as _sha256
 from .errors import CompressError, InputError, first_line
 from .fsutil import atomic_dir
 
-# recipe fields naming files the build reads on the device (the FP32 reference model, the eval data)
-_FILE_FIELDS = (("model", "path"), ("model", "weights"), ("model", "factory"),
-                ("data", "eval", "path"), ("data", "eval", "labels"), ("data", "eval", "factory"),
-                ("data", "calibration", "path"), ("data", "calibration", "labels"), ("data", "calibration", "factory"))
-
 
 # ---------------------------------------------------------------- the content-addressed store
 class Store:
@@ -88,39 +83,40 @@ class Store:
 
 
 # ---------------------------------------------------------------- what the build reads
-def _bundle(run_dir: Path) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+def _bundle(run_dir: Path) -> tuple[dict[str, str], dict[str, str], str]:
     """{relative path in the run folder: absolute path here} for the run's files, {'<recipe field>/<name>':
-    absolute path here} for the files the recipe names, and {recipe field: '<recipe field>/<name>'}."""
+    absolute path here} for every file the recipe names (model, data, labels, factories, metric functions,
+    target files, at any depth), and the recipe's text with those files renamed to '<recipe field>/<name>'
+    (relative: the node resolves them against the folder it copies them to)."""
     import yaml
 
     from .build import _fp32_source, locate
+    from .recipe import map_recipe_files
 
     run_dir, onnx_path, _ = locate(run_dir)
     if run_dir is None:
         raise InputError("--ray needs the run folder (its recipe and eval data), not a bare .onnx")
-    files = {name: run_dir / name for name in ("report.json", "run.json", "recipe.yaml")}
+    files = {name: run_dir / name for name in ("report.json", "run.json")}
     for path in [onnx_path, onnx_path.with_name("build.json"), *onnx_path.parent.glob(onnx_path.name + ".data"),
                  _fp32_source(run_dir, onnx_path)]:
         if path is not None and path.is_file():
             files[str(path.relative_to(run_dir))] = path
-    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
     base = Path(json.loads((run_dir / "run.json").read_text())["base_dir"])
-    named, pointers = {}, {}
-    for fields in _FILE_FIELDS:
-        value = recipe
-        for key in fields:
-            value = value.get(key) if isinstance(value, dict) else None
-        if isinstance(value, str):
-            field = ".".join(fields)
-            path = (base / (value.rpartition(":")[0] if fields[-1] == "factory" else value)).resolve()
-            if path.is_dir():
-                named.update({f"{field}/{path.name}/{p.relative_to(path)}": p for p in path.rglob("*") if p.is_file()})
-            elif path.is_file():
-                named[f"{field}/{path.name}"] = path
-            else:
-                continue
-            pointers[field] = f"{field}/{path.name}"   # the same file name: loaders go by the suffix
-    return {k: str(v) for k, v in files.items()}, {k: str(v) for k, v in named.items()}, pointers
+    named = {}
+
+    def ship(field: str, value: str) -> str:
+        path = (base / Path(value).expanduser()).resolve()
+        if path.is_dir():
+            named.update({f"{field}/{path.name}/{p.relative_to(path)}": p for p in path.rglob("*") if p.is_file()})
+        elif path.is_file():
+            named[f"{field}/{path.name}"] = path
+        else:
+            return value
+        return f"{field}/{path.name}"   # the same file name: loaders go by the suffix
+
+    recipe = map_recipe_files(yaml.safe_load((run_dir / "recipe.yaml").read_text()), ship)
+    return ({k: str(v) for k, v in files.items()}, {k: str(v) for k, v in named.items()},
+            yaml.safe_dump(recipe, sort_keys=False))
 
 
 def _put_all(root: Store, files: dict[str, str]) -> dict[str, str]:
@@ -128,11 +124,10 @@ def _put_all(root: Store, files: dict[str, str]) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- on the device's node
-def on_device(store: str, run_files: dict[str, str], named: dict[str, str], pointers: dict[str, str], target: str,
+def on_device(store: str, run_files: dict[str, str], named: dict[str, str], recipe_text: str, target: str,
               runs: int, build_fn=None) -> dict:
     """The Ray task: rebuild the run folder from the store, build, store the engine folder's files."""
     import ray
-    import yaml
 
     root = Store(store)
     work = Path(tempfile.mkdtemp(prefix="compress-build-"))
@@ -140,16 +135,9 @@ def on_device(store: str, run_files: dict[str, str], named: dict[str, str], poin
         run_dir, data = work / "run", work / "data"
         for name, digest in run_files.items():
             root.get(digest, run_dir / name)
-        recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
-        for field, digest in named.items():   # files the recipe names: copied here, the recipe pointed at them
+        for field, digest in named.items():   # files the recipe names, where its rewritten paths point
             root.get(digest, data / field)
-        for field, rel in pointers.items():
-            *parents, key = field.split(".")
-            node = recipe
-            for p in parents:
-                node = node[p]
-            node[key] = str(data / rel) + (":" + node[key].rpartition(":")[2] if key == "factory" else "")
-        (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+        (run_dir / "recipe.yaml").write_text(recipe_text)
         info = json.loads((run_dir / "run.json").read_text())
         (run_dir / "run.json").write_text(json.dumps({**info, "base_dir": str(data)}))
         if build_fn is None:
@@ -181,7 +169,7 @@ def dispatch_build(run_dir: Path, *, target_name: str | None, address: str, stor
                          "device node to send the build to", where="--target",
                          hint="Add e.g. resources: {my_gpu_box: 1} and start that node with ray start --resources.")
     root = Store(store)
-    run_files, named, pointers = _bundle(run_dir)
+    run_files, named, recipe_text = _bundle(run_dir)
     ray = connect(address, timeout=connect_timeout)
     why = missing_resources(ray, {"num_cpus": 1, "resources": target.resources})
     if why is not None:
@@ -191,7 +179,7 @@ def dispatch_build(run_dir: Path, *, target_name: str | None, address: str, stor
     log(f"sending the build for {target.name} to the node with {json.dumps(target.resources)} via {root.shown}")
     task = ray.remote(on_device).options(num_cpus=1, resources=dict(target.resources), max_retries=0)
     name = target_name or plan["target"]   # as given: the worker resolves it the same way
-    ref = task.remote(root.location, _put_all(root, run_files), _put_all(root, named), pointers, name, runs, build_fn)
+    ref = task.remote(root.location, _put_all(root, run_files), _put_all(root, named), recipe_text, name, runs, build_fn)
     try:
         result = ray.get(ref)
     except ray.exceptions.RayTaskError as exc:

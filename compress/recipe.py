@@ -652,3 +652,36 @@ def load_recipe(path: str | Path) -> Recipe:
     except RecursionError:
         raise RecipeError("the YAML is nested too deeply to be a recipe", where=str(path)) from None
     return parse_recipe(data, source=str(path), node=node)
+
+
+# ---------------------------------------------------------------- the files a recipe names
+PATH_KEYS = ("weights", "path", "labels")       # plain paths
+CALLABLE_KEYS = ("factory", "function")          # file.py:callable
+
+
+def map_recipe_files(recipe: Any, fn) -> Any:
+    """The raw recipe (YAML data) with every file it names replaced by `fn(field, file)`: the plain paths
+    (weights, path, labels), the file part of file.py:callable (factory, function) and target YAML files.
+    `field` is the dotted YAML path ("model.weights", "stages.1.finetune.data.path"). One table for every caller
+    that moves a recipe (sweep reports, builds on other nodes)."""
+    def walk(node, where: str):
+        if isinstance(node, dict):
+            out = {}
+            for key, value in node.items():
+                field = f"{where}.{key}" if where else str(key)
+                if isinstance(value, str) and key in PATH_KEYS:
+                    value = fn(field, value)
+                elif isinstance(value, str) and key in CALLABLE_KEYS and ":" in value:
+                    file, _, name = value.rpartition(":")
+                    value = f"{fn(field, file)}:{name}"
+                elif isinstance(value, str) and key == "target" and value.endswith((".yaml", ".yml")):
+                    value = fn(field, value)
+                else:
+                    value = walk(value, field)
+                out[key] = value
+            return out
+        if isinstance(node, list):
+            return [walk(v, f"{where}.{i}") for i, v in enumerate(node)]
+        return node
+
+    return walk(recipe, "")

@@ -9,10 +9,9 @@ from pathlib import Path
 import yaml
 
 from .fsutil import atomic_write_json, atomic_write_text
+from .recipe import map_recipe_files
 
 SWEEP_SCHEMA_VERSION = 1
-PATH_KEYS = ("weights", "path", "labels")       # plain paths in a recipe
-CALLABLE_KEYS = ("factory", "function")          # file.py:callable
 
 
 def dominates(a: dict, b: dict) -> bool:
@@ -38,32 +37,13 @@ def recommend(records: list[dict]) -> dict | None:
 
 def rebase(recipe: dict, base_dir: Path, new_dir: Path) -> dict:
     """The recipe with its relative file paths rewritten to start from `new_dir` instead of `base_dir`."""
-    def move(value: str) -> str:
+    def move(_field: str, value: str) -> str:
         path = Path(value).expanduser()
         if path.is_absolute() or not (base_dir / path).exists():
             return value
         return os.path.relpath((base_dir / path).resolve(), new_dir.resolve())
 
-    def walk(node):
-        if isinstance(node, dict):
-            out = {}
-            for key, value in node.items():
-                if isinstance(value, str) and key in PATH_KEYS:
-                    value = move(value)
-                elif isinstance(value, str) and key in CALLABLE_KEYS and ":" in value:
-                    file, _, name = value.rpartition(":")
-                    value = f"{move(file)}:{name}"
-                elif isinstance(value, str) and key == "target" and value.endswith((".yaml", ".yml")):
-                    value = move(value)
-                else:
-                    value = walk(value)
-                out[key] = value
-            return out
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        return node
-
-    return walk(recipe)
+    return map_recipe_files(recipe, move)
 
 
 def write_report(sweep, points, folder, *, wall_s: float, ran: int) -> dict:

@@ -28,13 +28,16 @@ def standin_build(source, *, target_name, runs, log):
 
     run_dir, onnx_path, plan = locate(Path(source))
     recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
-    eval_data = Path(recipe["data"]["eval"]["path"])     # rewritten by the dispatch to the worker's copy
+    base = Path(json.loads((run_dir / "run.json").read_text())["base_dir"])   # where the worker's copies lie
+    eval_data = base / recipe["data"]["eval"]["path"]     # rewritten by the dispatch to the worker's copy
+    metric_file = base / recipe["metric"]["function"].rpartition(":")[0]
     trt = RecordingTensorRT.v10()
     profile = derive_profile(dynamic_axes(onnx.load(str(onnx_path))), batch=1, max_batch=4)
     folder = run_dir / "engines" / target_name
     folder.parent.mkdir(exist_ok=True)
     result = {"target": target_name, "standin": "RecordingTensorRT", "plan": plan, "runs": runs,
-              "onnx_sha256": file_digest(onnx_path), "eval_path": str(eval_data), "eval_sha256": file_digest(eval_data)}
+              "onnx_sha256": file_digest(onnx_path), "eval_path": str(eval_data), "eval_sha256": file_digest(eval_data),
+              "metric_path": str(metric_file), "metric_sha256": file_digest(metric_file)}
     with atomic_dir(folder) as tmp:
         result["int8"] = build_engine(trt, onnx_path, tmp / "model.engine", profile=profile, workspace_mb=64,
                                       timing_cache_path=folder.parent / f"{target_name}.timing.cache", log=log)

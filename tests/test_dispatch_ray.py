@@ -36,6 +36,8 @@ def run_folder(tmp: Path) -> Path:
 
     project, run = tmp / "project", tmp / "run"
     (project / "data").mkdir(parents=True)
+    (project / "metrics").mkdir()
+    (project / "metrics" / "score.py").write_text("def score(outputs, targets):\n    return {'score': 1.0}\n")
     rng = np.random.default_rng(0)
     np.savez(project / "data" / "eval.npz", x=rng.standard_normal((8, 3, 8, 8)).astype(np.float32))
     compiled = run / "stages" / "03-compile"
@@ -47,7 +49,8 @@ def run_folder(tmp: Path) -> Path:
     (run / "run.json").write_text(json.dumps({"base_dir": str(project)}))
     (run / "recipe.yaml").write_text(yaml.safe_dump({"model": {"path": "missing.onnx"},
                                                      "data": {"calibration": {"path": "data/eval.npz"},
-                                                              "eval": {"path": "data/eval.npz"}}}))
+                                                              "eval": {"path": "data/eval.npz"}},
+                                                     "metric": {"function": "metrics/score.py:score"}}))
     return run
 
 
@@ -85,6 +88,8 @@ def test_build_runs_on_the_node_with_the_resource_and_comes_back_intact(tmp, ray
     onnx_path, eval_path = run / "stages" / "03-compile" / "model.onnx", tmp / "project" / "data" / "eval.npz"
     assert result["onnx_sha256"] == sha(onnx_path) and result["eval_sha256"] == sha(eval_path)
     assert result["eval_path"] != str(eval_path) and result["eval_path"].endswith("/eval.npz")  # the worker's copy
+    metric_path = tmp / "project" / "metrics" / "score.py"   # and every other file the recipe names (one table)
+    assert result["metric_sha256"] == sha(metric_path) and result["metric_path"] != str(metric_path)
     # the engine folder is back in the run, each file content-addressed in the store under its digest
     folder = run / "engines" / "jetson-orin-nano"
     assert result["folder"] == str(folder)
@@ -92,7 +97,7 @@ def test_build_runs_on_the_node_with_the_resource_and_comes_back_intact(tmp, ray
     assert (folder / "model.engine").read_bytes() == b"SERIALIZED-ENGINE"      # the stand-in's engine bytes
     for name, digest in result["files"].items():
         assert sha(folder / name) == digest and sha(store / "sha256" / digest) == digest
-    for path in (onnx_path, eval_path, run / "recipe.yaml"):
+    for path in (onnx_path, eval_path, metric_path):
         assert (store / "sha256" / sha(path)).is_file()
     assert json.loads((folder / "manifest.json").read_text())["onnx_sha256"] == sha(onnx_path)
     assert [p.name for p in (run / "engines").iterdir()] == ["jetson-orin-nano"]   # no temp folder left
