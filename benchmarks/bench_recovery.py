@@ -70,6 +70,8 @@ def main() -> None:
     parser.add_argument("--eval", type=int, default=100, help="eval images (ranking and the drop check)")
     parser.add_argument("--budget", type=int, default=6)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="latency batches (timed alike)")
+    parser.add_argument("--method", help="calibration method of both quantizations (e.g. auto: calibration chosen "
+                        "by evidence first, then the fallback); default: the backend's")
     parser.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds of FP32, plain INT8, final")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="compress-recovery-"))
@@ -79,6 +81,8 @@ def main() -> None:
         for runtime in args.runtimes:
             r = (trained_recipe(name, runtime, args.budget, args.batches[0]) if name.startswith("trained-")
                  else recipe(name, runtime, args.eval, args.budget, args.batches[0]))
+            if args.method:
+                r["stages"][-1]["method"] = args.method
             result = compress.run(r, out=work)
             stage = result.stages[-1]
             fb = stage["details"]["fallback"]

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 ARTIFACT_TYPES: dict[str, type[Artifact]] = {}   # kind -> class, filled as classes are defined
+_DIGESTS: dict[tuple, str] = {}   # (path, inode, size, mtime, ctime) of every file -> digest: each artifact hashed once
 
 
 @dataclass
@@ -35,12 +36,15 @@ class Artifact:
         files = self.files()
         if not files:
             return None
-        digest = hashlib.sha256()
-        for path in files:
-            with open(path, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
-        return digest.hexdigest()
+        key = tuple((str(p), (st := p.stat()).st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) for p in files)
+        if key not in _DIGESTS:   # the files' bytes one after the other
+            digest = hashlib.sha256()
+            for path in files:
+                with open(path, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        digest.update(block)
+            _DIGESTS[key] = digest.hexdigest()
+        return _DIGESTS[key]
 
     def state(self) -> dict:
         """The plain fields that, with the file, restore this artifact (precision, inference precision...)."""

@@ -246,3 +246,15 @@ def test_restore_round_trips_every_artifact_state(fashion_parts, tmp):
 def test_an_error_is_one_line_with_its_yaml_path():
     err = CompressError("boom", where="stages[2].method", hint="Do this.")
     assert err.render() == "stages[2].method: boom. Do this."
+
+
+def test_artifact_digest_is_the_files_bytes_and_follows_a_rewrite(tmp_path):
+    import hashlib
+
+    xml, bin_ = tmp_path / "m.xml", tmp_path / "m.bin"
+    xml.write_bytes(b"<net/>")
+    bin_.write_bytes(b"\x00" * 10)
+    art = OpenVinoModel(path=xml)
+    assert art.sha256() == hashlib.sha256(b"<net/>" + b"\x00" * 10).hexdigest() == art.sha256()   # memo: same value
+    bin_.write_bytes(b"\x01" * 12)
+    assert art.sha256() == hashlib.sha256(b"<net/>" + b"\x01" * 12).hexdigest()
