@@ -164,6 +164,8 @@ def _points(report: dict) -> list[dict]:
         out.append(point(stage["name"], "stage output", stage, stage["artifact"].get("size_mb")))
         for cand in stage["details"].get("calibration_candidates", []):
             metric = cand.get("metric", {})
+            if not metric:   # the library failed on it: nothing to plot (the notes say so)
+                continue
             value = metric.get(primary, next(iter(metric.values()), None))
             out.append({"label": cand["name"], "group": f"{stage['name']}: calibration candidates", "metric": value,
                         "latency_ms": cand.get("latency_ms"), "size_mb": cand.get("size_mb"),

@@ -133,3 +133,40 @@ def test_method_auto_on_tensorrt_tries_modelopts_calibrators(tmp):
     result = compress.run(recipe, out=tmp / "runs")
     tried = _check_search(result, 2)
     assert [t["name"] for t in tried] == ["max", "entropy"]
+
+
+def test_auto_skips_a_candidate_the_library_fails_on_and_fails_only_when_all_do(tmp_path):
+    """NNCF 3.4's channel alignment raises on depthwise networks (KeyError in its numpy tensor backend): `auto`
+    records that candidate with the library's error and chooses among the others."""
+    from types import SimpleNamespace
+
+    from compress.artifacts import OnnxModel
+    from compress.errors import StageError
+    from compress.stages.calibration import search
+
+    scores = {}
+
+    def build(settings, folder):
+        if settings["broken"]:
+            raise StageError("NNCF quantization failed: KeyError: <class 'numpy.float32'>", where="stages[0]")
+        path = folder / "model.onnx"
+        path.write_bytes(b"x" * settings["value"])
+        scores[path.stat().st_size] = settings["value"]
+        return OnnxModel(path=path)
+
+    ctx = SimpleNamespace(score=lambda art, n: ("top1", float(scores[art.path.stat().st_size])),
+                          quick_latency=lambda art: 1.0, eval=None, log=lambda *_: None, details={}, where="stages[0]",
+                          resolved=SimpleNamespace(batch_size=8, higher_is_better=True))
+    first = [("minmax", {"broken": False, "value": 90}), ("percentile", {"broken": False, "value": 92})]
+    variants = lambda best: [("channel alignment", {**best, "broken": True}),      # noqa: E731
+                             ("fast bias correction", {**best, "value": 91})]
+    out = tmp_path / "out"
+    out.mkdir()
+    artifact, settings = search(ctx, first, variants, build, out)
+    tried = ctx.details["calibration_candidates"]
+    assert [t["name"] for t in tried] == ["minmax", "percentile", "channel alignment", "fast bias correction"]
+    assert settings["value"] == 92 and [t["chosen"] for t in tried] == [False, True, False, False]
+    assert "KeyError" in tried[2]["error"] and tried[2]["metric"] == {}
+    assert artifact.path == out / "model.onnx" and artifact.path.stat().st_size == 92
+    with pytest.raises(StageError, match="every calibration candidate failed"):
+        search(ctx, [("minmax", {"broken": True, "value": 1})], lambda best: [], build, tmp_path / "none")

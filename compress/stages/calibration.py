@@ -6,7 +6,9 @@ eval samples, on the runtime the artifact runs on, and timed briefly. Round one 
 estimators the backend offers; round two tries the library's accuracy-preserving options on the
 best of round one (channel alignment, bias correction, SmoothQuant, symmetric activations...).
 The best by the metric is kept (ties keep the earlier, more default candidate); every candidate
-goes into the stage's details for the report.
+goes into the stage's details for the report. A candidate the library itself fails on (e.g. NNCF 3.4's
+channel alignment on depthwise networks) is recorded with the library's error and skipped; only when every
+candidate fails does the stage fail.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..artifacts import Artifact
-from ..errors import StageError
+from ..errors import StageError, first_line
 from . import StageContext
 
 RANKING_SAMPLES = 300
@@ -44,7 +46,13 @@ def search(ctx: StageContext, first: list[tuple[str, dict]], variants: Callable[
             return
         folder = work / str(len(tried))
         folder.mkdir(parents=True)
-        artifact = build(settings, folder)
+        try:
+            artifact = build(settings, folder)
+        except StageError as exc:   # one library option failing does not end the search
+            ctx.log(f"candidate {name}: failed ({first_line(exc)})")
+            tried.append({"name": name, "settings": dict(settings), "metric": {}, "latency_ms": None, "size_mb": None,
+                          "chosen": False, "error": str(exc)})
+            return
         metric, value = ctx.score(artifact, samples)
         latency = ctx.quick_latency(artifact)
         ctx.log(f"candidate {name}: {metric} {value:.2f}, {latency:.3f} ms")
@@ -53,8 +61,12 @@ def search(ctx: StageContext, first: list[tuple[str, dict]], variants: Callable[
                       "size_mb": round(_size_mb(folder), 3), "chosen": False})
 
     def best() -> int:
-        values = [sign * next(iter(t["metric"].values())) for t in tried]
-        return values.index(max(values))   # the first of equals: the more default settings
+        scored = [i for i, t in enumerate(tried) if t["metric"]]
+        if not scored:
+            raise StageError("method auto: every calibration candidate failed; the first: "
+                             + tried[0]["error"], where=ctx.where,
+                             hint="Set method to one the library runs on this model (minmax, percentile, ...).")
+        return max(scored, key=lambda i: (sign * next(iter(tried[i]["metric"].values())), -i))   # first of equals
 
     for name, settings in first:
         attempt(name, settings)
@@ -68,8 +80,8 @@ def search(ctx: StageContext, first: list[tuple[str, dict]], variants: Callable[
         item.rename(out_dir / item.name)
     artifact.path = out_dir / artifact.path.name
     shutil.rmtree(work)
-    values = {next(iter(t["metric"].values())) for t in tried}
+    values = {next(iter(t["metric"].values())) for t in tried if t["metric"]}
     ctx.details["calibration_candidates"] = tried
-    ctx.details["calibration_ranking"] = {"samples": samples, "metric": next(iter(tried[0]["metric"])),
+    ctx.details["calibration_ranking"] = {"samples": samples, "metric": next(iter(tried[winner]["metric"])),
                                           "separated": len(values) > 1}
     return artifact, tried[winner]["settings"]

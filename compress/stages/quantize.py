@@ -722,7 +722,8 @@ def _notes(record: dict) -> list[str]:
         ranking = d["calibration_ranking"]
         lines.append(f"method auto, {len(tried)} candidates by {ranking['metric']} on {ranking['samples']} eval samples"
                      + ("" if ranking["separated"] else " (the metric did not separate them: the default was kept)")
-                     + ": " + "; ".join(f"{t['name']} {next(iter(t['metric'].values())):.2f} {t['latency_ms']:.2f} ms"
+                     + ": " + "; ".join((f"{t['name']} {next(iter(t['metric'].values())):.2f} {t['latency_ms']:.2f} ms"
+                                         if t["metric"] else f"{t['name']} failed in the library")
                                         + (" (kept)" if t["chosen"] else "") for t in tried))
     if "scheme" not in d:
         return lines + check_notes(record) + recovery.notes(record)
