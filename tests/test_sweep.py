@@ -162,7 +162,12 @@ def test_ctrl_c_stops_the_sweep_and_resume_skips_finished_points(tmp):
     while not list(points.glob("*.json")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:   # say where it stood (once seen in a full CI run, not reproduced since)
+        proc.kill()
+        _, stderr = proc.communicate()
+        pytest.fail(f"the sweep did not stop within 60 s of Ctrl-C; its stderr:\n{stderr[-3000:]}")
     assert proc.returncode == 130, stderr
     assert "--resume" in stderr
     finished = len(list(points.glob("*.json")))
