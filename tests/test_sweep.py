@@ -191,3 +191,36 @@ def test_a_killed_worker_is_tried_once_more_then_recorded(tmp):
     assert killed["status"] == "failed" and "worker process died" in killed["error"] and "tried 2 time" in killed["error"]
     assert len(log.read_text().split()) == 2        # two attempts, two processes
     assert report["points"][0]["status"] == "done"
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_pool_and_multiprocessing_sees_its_workers_gone(monkeypatch):
+    """What the sweep's Ctrl-C does to its local pool: workers busy, the call queue full. Each worker must be
+    dead *to multiprocessing* afterwards; one reaped behind its back (psutil did that) stays "alive" to it, and
+    Python 3.11's executor then spins in shutdown_workers forever, so the sweep never exits."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import psutil
+
+    from compress.executors import _stop_pool
+
+    waited = []   # psutil reaps children it waits for: whether it wins the race with the executor is chance
+    real_wait = psutil.wait_procs
+    monkeypatch.setattr(psutil, "wait_procs", lambda procs, **kw: (waited.extend(p.pid for p in procs),
+                                                                    real_wait(procs, **kw))[1])
+    pool = ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn"))
+    futures = [pool.submit(time.sleep, 60) for _ in range(6)]
+    deadline = time.time() + 60
+    while sum(f.running() for f in futures) < 3 and time.time() < deadline:   # 2 sleeping, the queue filled
+        time.sleep(0.05)
+    time.sleep(2)   # the workers have started their sleeps
+    workers = list(pool._processes.values())
+    assert len(workers) == 2
+    _stop_pool(pool)
+    assert not {w.pid for w in workers} & set(waited), "pool workers must be joined by multiprocessing, not psutil"
+    assert not any(w.is_alive() for w in workers)
+    manager = pool._executor_manager_thread
+    if manager is not None:
+        manager.join(30)
+        assert not manager.is_alive(), "the executor's manager thread is stuck"
