@@ -4,13 +4,13 @@ through the class hierarchy, so a subclass inherits what it does not override.""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from .fsutil import files_digest
+
 ARTIFACT_TYPES: dict[str, type[Artifact]] = {}   # kind -> class, filled as classes are defined
-_DIGESTS: dict[tuple, str] = {}   # (path, inode, size, mtime, ctime) of every file -> digest: each artifact hashed once
 
 
 @dataclass
@@ -34,17 +34,7 @@ class Artifact:
 
     def sha256(self) -> str | None:
         files = self.files()
-        if not files:
-            return None
-        key = tuple((str(p), (st := p.stat()).st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) for p in files)
-        if key not in _DIGESTS:   # the files' bytes one after the other
-            digest = hashlib.sha256()
-            for path in files:
-                with open(path, "rb") as fh:
-                    for block in iter(lambda: fh.read(1 << 20), b""):
-                        digest.update(block)
-            _DIGESTS[key] = digest.hexdigest()
-        return _DIGESTS[key]
+        return files_digest(files) if files else None
 
     def state(self) -> dict:
         """The plain fields that, with the file, restore this artifact (precision, inference precision...)."""

@@ -15,28 +15,17 @@ import shutil
 from pathlib import Path
 
 from .artifacts import ARTIFACT_TYPES, Artifact
-from .fsutil import atomic_dir, atomic_write_json
+from .fsutil import atomic_dir, atomic_write_json, files_digest
 from .models import resolve_path
 from .recipe import DataSource, ModelConfig, Transform
 
 STAGE_FILE = "stage.json"
-_DIGESTS: dict[tuple, str] = {}
-
-
 def digest(data) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def file_digest(path: Path) -> str:
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _DIGESTS:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        _DIGESTS[key] = h.hexdigest()
-    return _DIGESTS[key]
+    return files_digest([path])
 
 
 def folder_digest(path: Path) -> str:

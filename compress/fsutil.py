@@ -5,6 +5,7 @@ the temporary file or folder is removed, so nothing half-written is left under a
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -13,6 +14,21 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from .errors import InputError
+
+_DIGESTS: dict[tuple, str] = {}   # (path, inode, size, mtime, ctime) of each file -> sha256: each hashed once
+
+
+def files_digest(paths: list[Path]) -> str:
+    """sha256 of the files' bytes one after the other, memoised on their stat (a rewrite changes it)."""
+    key = tuple((str(p), (st := p.stat()).st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) for p in paths)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        for path in paths:
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
 
 HINT = "Check free space and permissions."
 
