@@ -17,12 +17,16 @@ from compress.recipe import parse_recipe
 from conftest import ROOT, cli, fashion_recipe
 
 
-def _mobile(name: str):
+def _fashion_mobile():
     spec = importlib.util.spec_from_file_location("fashion_mobile", ROOT / "recipes" / "models" / "fashion_mobile.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def _mobile(name: str):
     torch.manual_seed(0)
-    return getattr(mod, name)().eval()
+    return getattr(_fashion_mobile(), name)().eval()
 
 
 def _layers(module) -> dict[str, type]:
@@ -192,17 +196,10 @@ def test_accuracy_control_recipe_recovers_a_trained_mobilenet_v2(runtime, tmp, m
     assert result.passed == fb["met"] == (fb["baseline"] - fb["metric_after"] <= 1.0), fb   # met here (README)
     if fb["baseline"] - fb["plain_int8"] > 1.0:    # the loss this net shows on the CPUs measured so far
         assert fb["kept_fp32"] and fb["metric_after"] > fb["plain_int8"], fb
-        module = _mobile_tv()
+        module = _fashion_mobile().FashionTorchvision("mobilenet_v2", width_mult=0.5, size=64)
         names = {n for n, _ in module.named_modules() if n}
         assert all(s["module"] in names for s in fb["steps"] if s["kept"] and s["module"]), fb["steps"]
         page = (result.run_dir / "report.html").read_text()   # each layer tried, with what became of it
         assert "layer tried in FP32" in page and page.count("kept in FP32") >= len(fb["kept_fp32"])
     if runtime == "openvino":
         assert recording.configs and all("INFERENCE_PRECISION_HINT" in c for c in recording.configs), recording.configs
-
-
-def _mobile_tv():
-    spec = importlib.util.spec_from_file_location("fashion_mobile", ROOT / "recipes" / "models" / "fashion_mobile.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.FashionTorchvision("mobilenet_v2", width_mult=0.5, size=64)
